@@ -1,0 +1,35 @@
+# One entry point for people and CI. `make test` is what .ci/run runs.
+PYTHON ?= python3
+PIP ?= $(PYTHON) -m pip
+STAMP := .make-installed
+
+.PHONY: install run test test-fast bench bench-e2e lint clean
+
+$(STAMP): pyproject.toml setup.py native/ring.c
+	$(PIP) install --quiet -e '.[test]'
+	$(PYTHON) -c "import ringgate.ring as r; print('ringgate ring implementation:', r.IMPL_NAME)"
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+## run the gateway on the default sink (local files under ./ringgate-data)
+run: install
+	ringgate serve
+
+## the whole test suite: unit, integration (real PostgreSQL, S3 protocol, real processes), faults
+test: install
+	$(PYTHON) -m pytest
+
+## without the slow multi-process floods and fault injections
+test-fast: install
+	$(PYTHON) -m pytest -m "not slow"
+
+bench: install
+	$(PYTHON) -m pytest bench -p no:randomly --benchmark-only -o testpaths=bench
+
+lint: install
+	$(PYTHON) -m ruff check ringgate tests bench
+
+clean:
+	rm -rf build dist *.egg-info ringgate/_ring*.so .pytest_cache .benchmarks $(STAMP) ringgate-data ringgate-dead-letter
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

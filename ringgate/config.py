@@ -1,0 +1,187 @@
+"""The one place that turns the environment into settings.
+
+The supervisor validates the environment once (`Settings.from_environ`); children get the frozen
+result through `RINGGATE_SETTINGS_JSON` (`Settings.from_child_environ`), so a worker or flusher
+never re-interprets a variable differently from the supervisor that checked it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import msgspec
+
+from .errors import ConfigurationError
+
+MIB = 1 << 20
+CHILD_SETTINGS_ENV = "RINGGATE_SETTINGS_JSON"
+LOG_FORMATS = ("text", "json")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+IMPLS = ("native", "python")
+COMPRESSIONS = ("none", "gzip", "zstd")
+PARTITIONS = ("none", "month")
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    host: str = "127.0.0.1"
+    port: int = 8080
+    workers: int = 1
+    flushers: int = 1
+    ring_bytes: int = 64 * MIB
+    batch_records: int = 10_000
+    batch_bytes: int = 8 * MIB
+    flush_interval_ms: int = 200
+    sink: str = "file://./ringgate-data"
+    dlq: str = "file://./ringgate-dead-letter"
+    object_part_bytes: int = 8 * MIB
+    object_compression: str = "none"
+    drain_timeout_s: float = 30.0
+    pg_table: str = "ringgate_events"
+    pg_dedup_key: str = ""
+    pg_partition: str = "none"
+    max_body_bytes: int = 16 * MIB
+    max_record_bytes: int = 1 * MIB
+    ack_timeout_ms: int = 30_000
+    worker_inflight_bytes: int = 64 * MIB
+    unblock_ms: int = 1000
+    retry_base_ms: int = 100
+    retry_max_ms: int = 30_000
+    api_keys: tuple[str, ...] = ()
+    instance: str = "ringgate-8080"
+    impl: str = ""  # "" = best available
+    log_format: str = "text"
+    log_level: str = "info"
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Validate every RINGGATE_* variable; raise ConfigurationError naming the first bad one."""
+        env = os.environ if environ is None else environ
+        r = _Reader(env)
+        port = r.int("RINGGATE_PORT", 8080, lo=1, hi=65535)
+        ring_bytes = r.int("RINGGATE_RING_BYTES", 64 * MIB, lo=64 * 1024, hi=1 << 40)
+        if ring_bytes & (ring_bytes - 1):
+            raise ConfigurationError(f"RINGGATE_RING_BYTES must be a power of two: {ring_bytes}")
+        max_body = r.int("RINGGATE_MAX_BODY_BYTES", 16 * MIB, lo=1)
+        # unset: 1 MiB, or ring/8 for a smaller ring; set explicitly above ring/8: an error
+        max_record = r.int("RINGGATE_MAX_RECORD_BYTES", min(1 * MIB, ring_bytes // 8), lo=2)
+        if max_record > ring_bytes // 8:
+            raise ConfigurationError(
+                f"RINGGATE_MAX_RECORD_BYTES must be at most RINGGATE_RING_BYTES/8 "
+                f"({ring_bytes // 8}): {max_record}"
+            )
+        retry_base = r.int("RINGGATE_RETRY_BASE_MS", 100, lo=1)
+        retry_max = r.int("RINGGATE_RETRY_MAX_MS", 30_000, lo=1)
+        if retry_max < retry_base:
+            raise ConfigurationError(
+                f"RINGGATE_RETRY_MAX_MS must be at least RINGGATE_RETRY_BASE_MS ({retry_base}): {retry_max}"
+            )
+        keys = tuple(k.strip() for k in env.get("RINGGATE_API_KEYS", "").split(",") if k.strip())
+        instance = env.get("RINGGATE_INSTANCE", f"ringgate-{port}")
+        if not instance or not all(c.isalnum() or c in "-_." for c in instance):
+            raise ConfigurationError(
+                f"RINGGATE_INSTANCE must be letters, digits, '-', '_' or '.': {instance!r}"
+            )
+        return cls(
+            host=env.get("RINGGATE_HOST", "127.0.0.1"),
+            port=port,
+            workers=r.int("RINGGATE_WORKERS", os.cpu_count() or 1, lo=1, hi=256),
+            flushers=r.int("RINGGATE_FLUSHERS", 1, lo=1, hi=64),
+            ring_bytes=ring_bytes,
+            batch_records=r.int("RINGGATE_BATCH_RECORDS", 10_000, lo=1),
+            batch_bytes=r.int("RINGGATE_BATCH_BYTES", 8 * MIB, lo=1),
+            flush_interval_ms=r.int("RINGGATE_FLUSH_INTERVAL_MS", 200, lo=1),
+            sink=r.url("RINGGATE_SINK", "file://./ringgate-data"),
+            dlq=r.url("RINGGATE_DLQ", "file://./ringgate-dead-letter"),
+            object_part_bytes=r.int("RINGGATE_OBJECT_PART_BYTES", 8 * MIB, lo=5 * MIB),
+            object_compression=r.choice("RINGGATE_OBJECT_COMPRESSION", "none", COMPRESSIONS),
+            drain_timeout_s=r.float("RINGGATE_DRAIN_TIMEOUT_S", 30.0, lo=0.0),
+            pg_table=r.identifier("RINGGATE_PG_TABLE", "ringgate_events"),
+            pg_dedup_key=env.get("RINGGATE_PG_DEDUP_KEY", ""),
+            pg_partition=r.choice("RINGGATE_PG_PARTITION", "none", PARTITIONS),
+            max_body_bytes=max_body,
+            max_record_bytes=max_record,
+            ack_timeout_ms=r.int("RINGGATE_ACK_TIMEOUT_MS", 30_000, lo=1),
+            worker_inflight_bytes=r.int("RINGGATE_WORKER_INFLIGHT_BYTES", 4 * max_body, lo=1),
+            unblock_ms=r.int("RINGGATE_UNBLOCK_MS", 1000, lo=1),
+            retry_base_ms=retry_base,
+            retry_max_ms=retry_max,
+            api_keys=keys,
+            instance=instance,
+            impl=r.choice("RINGGATE_IMPL", "", ("",) + IMPLS),
+            log_format=r.choice("RINGGATE_LOG_FORMAT", "text", LOG_FORMATS),
+            log_level=r.choice("RINGGATE_LOG_LEVEL", "info", LOG_LEVELS),
+        )
+
+    def to_child_environ(self) -> dict[str, str]:
+        return {CHILD_SETTINGS_ENV: msgspec.json.encode(self).decode()}
+
+    @classmethod
+    def from_child_environ(cls) -> Settings:
+        """Settings handed down by the supervisor; outside one (tests, tools) read the environment."""
+        raw = os.environ.get(CHILD_SETTINGS_ENV)
+        if raw is None:
+            return cls.from_environ()
+        return msgspec.json.decode(raw, type=cls)
+
+
+class _Reader:
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = env
+
+    def _get(self, name: str, default: Any, convert: Callable[[str], Any], rule: str) -> Any:
+        raw = self.env.get(name)
+        if raw is None or raw.strip() == "":
+            return default
+        try:
+            return convert(raw.strip())
+        except ValueError:
+            raise ConfigurationError(f"{name} must be {rule}: {raw!r}") from None
+
+    def int(self, name: str, default: int, lo: int | None = None, hi: int | None = None) -> int:
+        value = self._get(name, default, _parse_int, "a whole number")
+        if lo is not None and value < lo:
+            raise ConfigurationError(f"{name} must be at least {lo}: {value}")
+        if hi is not None and value > hi:
+            raise ConfigurationError(f"{name} must be at most {hi}: {value}")
+        return value
+
+    def float(self, name: str, default: float, lo: float) -> float:
+        value = self._get(name, default, float, "a number")
+        if not value >= lo:
+            raise ConfigurationError(f"{name} must be at least {lo}: {value}")
+        return value
+
+    def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
+        value = self.env.get(name, default).strip().lower()
+        if value not in choices:
+            allowed = ", ".join(c for c in choices if c)
+            raise ConfigurationError(f"{name} must be one of {allowed}: {value!r}")
+        return value
+
+    def url(self, name: str, default: str) -> str:
+        value = self.env.get(name, default).strip()
+        scheme = value.split(":", 1)[0].lower() if ":" in value else ""
+        if scheme not in ("file", "s3", "gs", "az", "abfs", "memory", "postgresql", "postgres", "stdout"):
+            raise ConfigurationError(
+                f"{name} must be a file://, s3://, gs://, az://, memory://, postgresql:// "
+                f"or stdout: URL: {value!r}"
+            )
+        return value
+
+    def identifier(self, name: str, default: str) -> str:
+        value = self.env.get(name, default).strip()
+        if not value or not value.replace("_", "a").isalnum() or value[0].isdigit():
+            raise ConfigurationError(f"{name} must be a plain SQL identifier: {value!r}")
+        return value
+
+
+def _parse_int(text: str) -> int:
+    """Accept 1048576, 1_048_576 and the binary suffixes an operator reaches for: 64KiB, 16MiB, 1GiB."""
+    units = {"kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    lowered = text.lower()
+    for suffix, factor in units.items():
+        if lowered.endswith(suffix) and lowered[: -len(suffix)].strip().isdigit():
+            return int(lowered[: -len(suffix)]) * factor
+    return int(text)

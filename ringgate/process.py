@@ -1,0 +1,58 @@
+"""What every child process does first: die with the supervisor, and log the way it is told to."""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import logging
+import os
+import signal
+import sys
+import time
+
+SUPERVISOR_PID_ENV = "RINGGATE_SUPERVISOR_PID"
+RING_COUNT_ENV = "RINGGATE_RING_COUNT"  # rings of this run: adopted ones may outnumber RINGGATE_FLUSHERS
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_supervisor() -> None:
+    """PR_SET_PDEATHSIG(SIGKILL), then check the parent is still the supervisor that started us.
+
+    The signal fires when the *thread* that forked us exits, so the supervisor starts children
+    only from threads that live as long as it does. The check closes the race where the
+    supervisor died before the prctl.
+    """
+    expected = os.environ.get(SUPERVISOR_PID_ENV)
+    if expected is None:
+        return  # not started by a supervisor (tests, tools)
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    if os.getppid() != int(expected):
+        os._exit(1)
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "pid": record.process,
+            "msg": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def configure_logging(fmt: str, level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(_JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s[%(process)d] %(message)s"))
+    root = logging.getLogger("ringgate")
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    root.propagate = False

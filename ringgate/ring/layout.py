@@ -1,0 +1,162 @@
+"""Byte layout of a ringgate ring: constants and offsets only, shared by native/ring.c and _pyring.py.
+
+One shared-memory segment per ring, `/dev/shm/<instance>-ring-<n>`, little-endian, all
+positions are monotonic 64-bit byte counts, an index is `position & (capacity - 1)`.
+
+Segment
+-------
+    0                HEADER_LENGTH (4096)                    HEADER_LENGTH + capacity
+    +----------------+----------------------------------------+
+    |  ring header   |  data: records, 8-byte aligned          |
+    +----------------+----------------------------------------+
+
+Ring header (offsets in bytes; hot fields each on their own 128-byte cache-line pair)
+-----------------------------------------------------------------------------------
+      0  MAGIC_OFFSET              8  b"RINGGATE"
+      8  VERSION_OFFSET            4  LAYOUT_VERSION
+     12  IMPL_OFFSET               4  IMPL_NATIVE or IMPL_PYTHON: attaching with the other fails
+     16  CAPACITY_OFFSET           8  data bytes, a power of two >= MIN_CAPACITY
+     24  EPOCH_OFFSET              8  chosen at creation (time.time_ns()); with the ring number and a
+                                      position it names a record uniquely across runs
+     32  FLUSHER_PID_OFFSET        8  pid of the flusher consuming this ring (0: none yet)
+     40  DRAINING_OFFSET           8  1 once the supervisor asked the flusher to drain and exit
+     48  SINK_FAILING_OFFSET       8  1 while the last delivery attempt failed (reason below)
+     56  UNBLOCKED_COUNT_OFFSET    8  abandoned claims turned into padding (a metric)
+    128  PRODUCER_POSITION_OFFSET  8  end of the last claim (producers CAS it forward)
+    256  CONSUMER_POSITION_OFFSET  8  everything below is delivered to the sink (ack=commit waits on it)
+    264  FREE_POSITION_OFFSET      8  everything below is zeroed again: producers may claim up to
+                                      FREE_POSITION + capacity. The consumer stores CONSUMER, zeroes,
+                                      then stores FREE (see "Why two consumer positions").
+    384  INFLIGHT_FIRST_OFFSET     8  range [first, next) of the batch being delivered, recorded before
+    392  INFLIGHT_NEXT_OFFSET      8  its first attempt; valid while INFLIGHT_FIRST == CONSUMER_POSITION
+    400  UNBLOCK_FIRST_OFFSET      8  last zero range [first, next) the consumer turned into padding;
+    408  UNBLOCK_NEXT_OFFSET       8  a producer whose claim lies inside it has lost its claim
+    416  DEAD_LETTER_COUNT_OFFSET  8  dead-lettered ranges recorded so far (monotonic)
+    424  OLDEST_PENDING_NS_OFFSET  8  received time of the oldest record not yet delivered (0: none)
+    512  SINK_REASON_OFFSET      256  UTF-8, NUL padded: why the last delivery attempt failed
+    768  DEAD_LETTER_RANGES      ...  DEAD_LETTER_SLOTS x (first, next) positions, a circular log of
+                                      dead-lettered ranges for GET /v1/batches/{id}
+
+Record (8-byte aligned; never crosses the end of the data region)
+-----------------------------------------------------------------
+     0  int32  length    HEADER + payload bytes, before alignment (the next record starts at
+                         align8(length)); negative while the claim it opens is in progress
+     4  int32  type      TYPE_DATA or TYPE_PADDING
+     8  int64  received  wall-clock ns when the HTTP worker received the request;
+                         while in progress: producer pid (low 32 bits) | start time (high 32 bits)
+    16  payload          compact JSON object, `length - 16` bytes
+
+Bytes 0..7 are one little-endian int64 word, `length | type << 32`, written with a single store
+or compare-and-swap, so a reader never sees a torn header.
+
+Claims
+------
+A claim holds one request's records, whole: producers CAS PRODUCER_POSITION forward by the
+request's framed size (plus the gap to the end of the data region when the records would cross
+it: that gap becomes a padding record in the same claim). The claim's first header is then
+compare-and-swapped from 0 to IN PROGRESS: length = -(claim length), type = PADDING if the claim
+starts with the gap else DATA. Every other header of the claim is written committed from the
+start; nobody can reach them before the first one is committed. Commit is one CAS of the first
+header to its committed value (with release), so a request enters the ring whole or not at all.
+
+Abandoned claims (agrona's unblock)
+-----------------------------------
+* in progress, producer gone (its pid and start time no longer match a live process) for
+  RINGGATE_UNBLOCK_MS: the consumer CASes the first header to a padding record over the claim;
+* a zero header below PRODUCER_POSITION for that long (a producer died between its position CAS
+  and its header CAS): the consumer publishes UNBLOCK_FIRST/NEXT, confirms the range is still
+  zero, then CASes its first word to padding. A producer checks, after winning its header CAS,
+  that its claim is not inside the published range and that CONSUMER_POSITION has not passed it;
+  if it is, it puts the header back to 0 and reports LOST (HTTP 503): nothing it wrote was ever
+  acknowledged. Both sides use sequentially consistent operations for this handshake.
+A producer whose commit CAS fails learns the same way that its claim was padded.
+
+Why two consumer positions
+--------------------------
+Producers claim against FREE_POSITION (space that is zero again, so the header CAS from 0 is
+meaningful), but test their own claim against CONSUMER_POSITION, stored before the zeroing: a
+producer that wins its header CAS on space the consumer already padded, passed and zeroed still
+sees that CONSUMER_POSITION is beyond it.
+"""
+
+MAGIC = b"RINGGATE"
+LAYOUT_VERSION = 1
+IMPL_NATIVE = 1
+IMPL_PYTHON = 2
+IMPL_NAMES = {IMPL_NATIVE: "native", IMPL_PYTHON: "python"}
+
+HEADER_LENGTH = 4096
+MIN_CAPACITY = 64 * 1024
+
+MAGIC_OFFSET = 0
+VERSION_OFFSET = 8
+IMPL_OFFSET = 12
+CAPACITY_OFFSET = 16
+EPOCH_OFFSET = 24
+FLUSHER_PID_OFFSET = 32
+DRAINING_OFFSET = 40
+SINK_FAILING_OFFSET = 48
+UNBLOCKED_COUNT_OFFSET = 56
+PRODUCER_POSITION_OFFSET = 128
+CONSUMER_POSITION_OFFSET = 256
+FREE_POSITION_OFFSET = 264
+INFLIGHT_FIRST_OFFSET = 384
+INFLIGHT_NEXT_OFFSET = 392
+UNBLOCK_FIRST_OFFSET = 400
+UNBLOCK_NEXT_OFFSET = 408
+DEAD_LETTER_COUNT_OFFSET = 416
+OLDEST_PENDING_NS_OFFSET = 424
+SINK_REASON_OFFSET = 512
+SINK_REASON_LENGTH = 256
+DEAD_LETTER_RANGES_OFFSET = 768
+DEAD_LETTER_SLOTS = 128  # 128 x 16 bytes: ends at 2816 < HEADER_LENGTH
+
+RECORD_HEADER_LENGTH = 16
+RECORD_ALIGNMENT = 8
+LENGTH_OFFSET = 0
+TYPE_OFFSET = 4
+RECEIVED_OFFSET = 8
+TYPE_DATA = 1
+TYPE_PADDING = 2
+
+# return codes of claim_commit (negative) and statuses of read
+CLAIM_FULL = -1  # not enough free space: try another ring, then 429
+CLAIM_LOST = -2  # the claim was padded by the consumer before commit: 503, nothing acknowledged
+CLAIM_TOO_LARGE = -3  # larger than MAX_CLAIM: 413
+READ_IDLE = 0  # stopped at the producer position or at a limit
+READ_BLOCKED_IN_PROGRESS = 1  # stopped at a claim still in progress
+READ_BLOCKED_ZERO = 2  # stopped at a zero header below the producer position
+
+# test-only switch (RINGGATE_TEST_STOP_AFTER_CLAIM): the producer SIGSTOPs itself right after
+# its position CAS (before_header) or its header CAS (after_header)
+STOP_NONE = 0
+STOP_BEFORE_HEADER = 1
+STOP_AFTER_HEADER = 2
+STOP_POINTS = {"": STOP_NONE, "before_header": STOP_BEFORE_HEADER, "after_header": STOP_AFTER_HEADER}
+
+
+def align(length: int) -> int:
+    return (length + RECORD_ALIGNMENT - 1) & ~(RECORD_ALIGNMENT - 1)
+
+
+def max_record_length(capacity: int) -> int:
+    """Largest framed record: capacity / 8."""
+    return capacity // 8
+
+
+def max_claim_length(capacity: int) -> int:
+    """Largest request: half the ring (it could never fit otherwise, so 429 would be a lie)."""
+    return capacity // 2
+
+
+def header_word(length: int, type_: int) -> int:
+    """The int64 value of a record's first 8 bytes."""
+    return (length & 0xFFFFFFFF) | (type_ << 32)
+
+
+def split_word(word: int) -> tuple[int, int]:
+    """(length, type) from a first-8-bytes int64 (signed)."""
+    length = word & 0xFFFFFFFF
+    if length >= 0x80000000:
+        length -= 1 << 32
+    return length, (word >> 32) & 0xFFFFFFFF

@@ -1,0 +1,237 @@
+"""Supervisor (`ringgate serve`): rings, flushers, Granian, drain.
+
+Order of a run: validate settings (exit 2), take the instance lock (exit 1 if another supervisor
+holds it), adopt the rings a crashed run left behind or create new ones, start the flushers from
+a thread that lives as long as we do (PR_SET_PDEATHSIG fires when the forking *thread* exits),
+run Granian in the main thread, and when it returns (SIGTERM/SIGINT) tell every flusher to drain.
+Drained within RINGGATE_DRAIN_TIMEOUT_S: unlink the rings, exit 0. Otherwise exit 1 and leave
+the rings for the next run: nothing acknowledged is lost.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+
+from .config import Settings
+from .errors import ConfigurationError
+from .metrics import Metrics
+from .process import RING_COUNT_ENV, SUPERVISOR_PID_ENV, configure_logging
+from .ring import IMPL_NAME, Ring, RingError, existing_rings, segment_name, segment_path
+from .sinks import sink_label
+
+log = logging.getLogger("ringgate.supervisor")
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_CONFIG = 2
+
+
+class InstanceLock:
+    """One live supervisor per instance: an flock the kernel drops when we die."""
+
+    def __init__(self, instance: str) -> None:
+        self.path = segment_path(f"{instance}.lock")
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+
+    def acquire(self) -> bool:
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, f"{os.getpid()}\n".encode(), 0)
+        return True
+
+    def holder(self) -> str:
+        return os.pread(self.fd, 32, 0).decode(errors="replace").strip() or "?"
+
+    def release(self) -> None:
+        os.close(self.fd)
+
+
+class FlusherManager(threading.Thread):
+    """Starts, watches and restarts one flusher process per ring; drains them on request."""
+
+    def __init__(self, settings: Settings, ring_count: int, env: dict[str, str]) -> None:
+        super().__init__(name="flusher-manager", daemon=True)
+        self.settings = settings
+        self.env = env
+        self.procs: list[subprocess.Popen | None] = [None] * ring_count
+        self.restarts = [0] * ring_count
+        self.next_start = [0.0] * ring_count
+        self.draining = threading.Event()
+        self.stopped = threading.Event()
+        self.finished = threading.Event()
+        self.exit_codes: dict[int, int] = {}
+
+    def _start(self, index: int) -> None:
+        self.procs[index] = subprocess.Popen(
+            [sys.executable, "-m", "ringgate", "flusher", str(index)], env=self.env, close_fds=True
+        )
+        log.info("flusher %d started (pid %d)", index, self.procs[index].pid)
+
+    def run(self) -> None:
+        try:
+            for i in range(len(self.procs)):
+                self._start(i)
+            while not self.stopped.is_set():
+                for i, proc in enumerate(self.procs):
+                    if proc is None:
+                        if time.monotonic() >= self.next_start[i] and not self.stopped.is_set():
+                            self._start(i)
+                        continue
+                    code = proc.poll()
+                    if code is None:
+                        continue
+                    if code == 0 and self.draining.is_set():
+                        self.exit_codes[i] = 0
+                        continue
+                    self.restarts[i] += 1
+                    delay = min(5.0, 0.1 * 2 ** min(self.restarts[i], 6))
+                    log.error("flusher %d (pid %d) exited with %s; restarting in %.1fs",
+                              i, proc.pid, code, delay)
+                    self.procs[i] = None
+                    self.next_start[i] = time.monotonic() + delay
+                if self.draining.is_set() and len(self.exit_codes) == len(self.procs):
+                    break
+                self.stopped.wait(0.1)
+        finally:
+            self.finished.set()
+            # the thread that forked the flushers must outlive them (PDEATHSIG): wait here
+            self.stopped.wait()
+
+    def kill_all(self) -> None:
+        for proc in self.procs:
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+def serve(settings: Settings) -> int:
+    configure_logging(settings.log_format, settings.log_level)
+    lock = InstanceLock(settings.instance)
+    if not lock.acquire():
+        print(
+            f"ringgate: instance {settings.instance!r} is already served by supervisor pid {lock.holder()} "
+            f"({lock.path}); stop it or set RINGGATE_INSTANCE",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+    try:
+        rings = _open_rings(settings)
+    except ConfigurationError as exc:
+        print(f"ringgate: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except (RingError, OSError) as exc:
+        print(f"ringgate: cannot open the rings of instance {settings.instance!r}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    Metrics.create(settings.instance)
+
+    child_env = dict(os.environ)
+    child_env.update(settings.to_child_environ())
+    child_env[RING_COUNT_ENV] = str(len(rings))
+    child_env[SUPERVISOR_PID_ENV] = str(os.getpid())
+    child_env["RINGGATE_IMPL"] = IMPL_NAME
+    os.environ.update(child_env)  # Granian forks its workers from this process
+
+    manager = FlusherManager(settings, len(rings), child_env)
+    manager.start()
+    log.info(
+        "serving %s:%d with %d workers, %d rings of %d bytes (%s ring), sink %s",
+        settings.host, settings.port, settings.workers, len(rings), rings[0].capacity, IMPL_NAME,
+        sink_label(settings.sink),
+    )
+    try:
+        _run_granian(settings)
+    except Exception:
+        log.exception("HTTP server failed")
+    return _drain(settings, rings, manager, lock)
+
+
+def _open_rings(settings: Settings) -> list[Ring]:
+    """Adopt what a crashed run left (its capacity and count win until drained), else create."""
+    found = existing_rings(settings.instance)
+    if found:
+        rings = [Ring.attach(segment_name(settings.instance, i)) for i in found]
+        held = sum(r.producer_position - r.consumer_position for r in rings)
+        log.warning(
+            "adopting %d ring(s) of %d bytes left by a previous run of %s, holding %d bytes: "
+            "they are delivered first", len(rings), rings[0].capacity, settings.instance, held,
+        )
+        return rings
+    rings = []
+    try:
+        for i in range(settings.flushers):
+            rings.append(Ring.create(segment_name(settings.instance, i), settings.ring_bytes))
+    except BaseException:
+        for ring in rings:
+            ring.close()
+            ring.unlink()
+        raise
+    return rings
+
+
+def _run_granian(settings: Settings) -> None:
+    from granian import Granian
+    from granian.constants import Interfaces, Loops
+
+    Granian(
+        "ringgate.app:app",
+        address=settings.host,
+        port=settings.port,
+        interface=Interfaces.ASGI,
+        workers=settings.workers,
+        loop=Loops.uvloop,
+        respawn_failed_workers=True,
+        log_level=settings.log_level if settings.log_level != "warning" else "warn",
+    ).serve()
+
+
+def _drain(settings: Settings, rings: list[Ring], manager: FlusherManager, lock: InstanceLock) -> int:
+    log.info("stopping: draining %d ring(s) (up to %.0fs)", len(rings), settings.drain_timeout_s)
+    for ring in rings:
+        ring.draining = True
+    manager.draining.set()
+    deadline = time.monotonic() + settings.drain_timeout_s
+    while not manager.finished.is_set() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    drained = manager.finished.is_set() and all(r.consumer_position >= r.producer_position for r in rings)
+    manager.kill_all()
+    manager.stopped.set()
+    if not drained:
+        left = sum(r.producer_position - r.consumer_position for r in rings)
+        log.error(
+            "drain timed out after %.0fs with %d bytes undelivered: leaving the rings for the next run",
+            settings.drain_timeout_s, left,
+        )
+        for ring in rings:
+            ring.draining = False
+            ring.close()
+        lock.release()
+        return EXIT_FAILED
+    for ring in rings:
+        ring.close()
+        ring.unlink()
+    Metrics.unlink(settings.instance)
+    log.info("drained: every acknowledged record is delivered")
+    try:
+        os.unlink(lock.path)
+    except FileNotFoundError:
+        pass
+    lock.release()
+    return EXIT_OK
+
+
+def main() -> int:
+    try:
+        settings = Settings.from_environ()
+    except ConfigurationError as exc:
+        print(f"ringgate: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    return serve(settings)
