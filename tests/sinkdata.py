@@ -24,7 +24,8 @@ def file_sink_records(root: str | pathlib.Path) -> list[dict]:
     """Every record stored under a file:// sink directory, in no particular order."""
     out: list[dict] = []
     for path in sorted(pathlib.Path(root).rglob("*.ndjson*")):
-        if path.is_file() and not path.name.startswith("."):
+        # only finished objects: a crash mid-put leaves a temporary file under another name
+        if path.is_file() and path.name.endswith((".ndjson", ".ndjson.gz", ".ndjson.zst")):
             out += decode_object(path.name, path.read_bytes())
     return out
 

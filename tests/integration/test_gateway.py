@@ -214,7 +214,8 @@ def test_metrics_count_what_was_sent(make_gateway):
 @pytest.mark.parametrize(
     "var,value,rule",
     [
-        ("RINGGATE_RING_BYTES", "1000", "power of two"),
+        ("RINGGATE_RING_BYTES", "100000", "power of two"),
+        ("RINGGATE_RING_BYTES", "1000", "at least 65536"),
         ("RINGGATE_PORT", "http", "whole number"),
         ("RINGGATE_SINK", "ftp://x", "URL"),
         ("RINGGATE_MAX_RECORD_BYTES", str(1 << 30), "RINGGATE_RING_BYTES/8"),
