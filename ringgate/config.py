@@ -171,9 +171,17 @@ class _Reader:
         return value
 
     def identifier(self, name: str, default: str) -> str:
+        """[schema.]table, plain ASCII SQL identifiers, at most 48 characters each (the sink derives
+        `<table>_offsets`, `<table>_dedup` and `<table>_pYYYYMM` from it)."""
         value = self.env.get(name, default).strip()
-        if not value or not value.replace("_", "a").isalnum() or value[0].isdigit():
-            raise ConfigurationError(f"{name} must be a plain SQL identifier: {value!r}")
+        parts = value.split(".")
+        if len(parts) > 2 or not all(
+            p and p.isascii() and p.replace("_", "a").isalnum() and not p[0].isdigit() and len(p) <= 48
+            for p in parts
+        ):
+            raise ConfigurationError(
+                f"{name} must be [schema.]table, each a plain ASCII SQL identifier of at most 48 characters: {value!r}"
+            )
         return value
 
 
