@@ -150,3 +150,22 @@ def test_drain_timeout_exits_1_and_leaves_the_rings(make_gateway, tmp_path):
     gw.start()
     wait_for(lambda: file_sink_records(blocker / "data") == [{"id": "kept"}], what="delivery after restart")
     assert gw.stop() == 0
+
+
+def test_no_child_outlives_a_killed_supervisor(make_gateway):
+    gw = make_gateway(WORKERS="2", FLUSHERS="2")
+    children = gw.children()
+    assert len(children["worker"]) == 2 and len(children["flusher"]) == 2
+    pids = children["worker"] + children["flusher"]
+    os.kill(gw.proc.pid, signal.SIGKILL)
+    gw.proc.wait(10)
+
+    def gone(pid: int) -> bool:
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                return f.read().rsplit(b")", 1)[1].split()[0] in (b"Z", b"X")
+        except OSError:
+            return True
+
+    wait_for(lambda: all(gone(p) for p in pids), timeout=10, what="children to die with the supervisor")
+    assert gw.segments(), "the rings stay for the next run"
