@@ -96,7 +96,7 @@ def test_sigkill_of_the_flusher_under_load_loses_nothing_and_doubles_nothing(mak
             load.wait_acked(len(load.acked) + 1500)
             flusher = gw.children()["flusher"][0]
             os.kill(flusher, signal.SIGKILL)
-            wait_for(lambda: gw.children()["flusher"] and gw.children()["flusher"][0] != flusher,
+            wait_for(lambda f=flusher: (pids := gw.children()["flusher"]) != [] and pids[0] != f,
                      what="a new flusher")
         load.wait_acked(len(load.acked) + 1000)
     wait_for(lambda: len(file_sink_records(sink_dir(gw))) >= len(load.acked), what="delivery")
