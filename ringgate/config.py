@@ -64,12 +64,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         if ring_bytes & (ring_bytes - 1):
             raise ConfigurationError(f"RINGGATE_RING_BYTES must be a power of two: {ring_bytes}")
         max_body = r.int("RINGGATE_MAX_BODY_BYTES", 16 * MIB, lo=1)
-        # unset: 1 MiB, or ring/8 for a smaller ring; set explicitly above ring/8: an error
-        max_record = r.int("RINGGATE_MAX_RECORD_BYTES", min(1 * MIB, ring_bytes // 8), lo=2)
-        if max_record > ring_bytes // 8:
+        # a framed record (16-byte header + payload) must fit in ring/8; unset: 1 MiB, or what a
+        # smaller ring allows; set explicitly above that: an error
+        record_limit = ring_bytes // 8 - 16
+        max_record = r.int("RINGGATE_MAX_RECORD_BYTES", min(1 * MIB, record_limit), lo=2)
+        if max_record > record_limit:
             raise ConfigurationError(
-                f"RINGGATE_MAX_RECORD_BYTES must be at most RINGGATE_RING_BYTES/8 "
-                f"({ring_bytes // 8}): {max_record}"
+                f"RINGGATE_MAX_RECORD_BYTES must be at most RINGGATE_RING_BYTES/8 minus the 16-byte "
+                f"record header ({record_limit}): {max_record}"
             )
         retry_base = r.int("RINGGATE_RETRY_BASE_MS", 100, lo=1)
         retry_max = r.int("RINGGATE_RETRY_MAX_MS", 30_000, lo=1)

@@ -88,16 +88,22 @@ def process_start_time(pid: int) -> int | None:
 
 
 def owner_word(pid: int | None = None) -> int:
-    """What an in-progress header holds so the consumer can tell a dead producer from a slow one."""
+    """What a claim holds at offset 8 until commit, written before its in-progress header, so the
+    consumer can tell a dead producer from a slow one (layout.py: bit 63 set, start time, pid)."""
     pid = os.getpid() if pid is None else pid
-    start = process_start_time(pid) or 0
-    return (pid & 0xFFFFFFFF) | ((start & 0x7FFFFFFF) << 32)
+    return L.owner_word_of(pid, process_start_time(pid) or 0)
 
 
 def owner_alive(word: int) -> bool:
+    """True while the producer named by an in-progress claim's owner word may still commit it.
+
+    Anything but an owner word there is the first record's received time, which the producer
+    stores just before its commit CAS: a claim still in progress with it is dead or about to lose
+    its commit (its last access to the ring), so padding it is safe either way.
+    """
+    if not L.is_owner_word(word):
+        return False
     pid = word & 0xFFFFFFFF
-    if pid == 0:  # header CAS won, owner not yet stored: alive by definition
-        return True
     start = process_start_time(pid)
     return start is not None and (start & 0x7FFFFFFF) == (word >> 32) & 0x7FFFFFFF
 
@@ -120,11 +126,11 @@ class Ring:
         self.path = segment_path(name)
         self._fd = fd
         self._mm = mm
-        self.buf = memoryview(mm)
-        self._q = self.buf.cast("q")
-        if bytes(self.buf[: len(L.MAGIC)]) != L.MAGIC:
+        # checked on the mmap itself: a view kept while raising would make the caller's
+        # mm.close() fail with BufferError and hide the RingError
+        if mm[: len(L.MAGIC)] != L.MAGIC:
             raise RingError(f"{self.path} is not a ringgate ring (bad magic)")
-        version, impl_id = struct.unpack_from("<II", self.buf, L.VERSION_OFFSET)
+        version, impl_id = struct.unpack_from("<II", mm, L.VERSION_OFFSET)
         if version != L.LAYOUT_VERSION:
             raise RingError(f"{self.path} has layout version {version}, this build reads {L.LAYOUT_VERSION}")
         if impl_id != self.impl.IMPL:
@@ -133,6 +139,8 @@ class Ring:
                 f"this process uses {L.IMPL_NAMES[self.impl.IMPL]} (set RINGGATE_IMPL={L.IMPL_NAMES.get(impl_id, '?')} "
                 "or drain the ring first)"
             )
+        self.buf = memoryview(mm)
+        self._q = self.buf.cast("q")
         self.capacity: int = self._q[L.CAPACITY_OFFSET // 8]
         self.epoch: int = self._q[L.EPOCH_OFFSET // 8]
         self._producer_lock_fd: int | None = None
@@ -383,9 +391,11 @@ class Ring:
         self.impl.release(self.buf, next_position)
 
     def header_word_at(self, position: int) -> tuple[int, int]:
-        """(first word, second word) of the record header at `position`."""
-        word = (L.HEADER_LENGTH + (position & (self.capacity - 1))) // 8
-        return self._q[word], self._q[word + 1]
+        """(first word, second word) of the record header at `position`; the second is 0 for the
+        one-word padding record that can sit in the last 8 bytes of the data region."""
+        index = position & (self.capacity - 1)
+        word = (L.HEADER_LENGTH + index) // 8
+        return self._q[word], (self._q[word + 1] if index + 8 < self.capacity else 0)
 
     def try_unblock(self, position: int, status: int) -> bool:
         """Pad the abandoned claim at `position` if its producer is gone (or never wrote a header).

@@ -37,39 +37,63 @@ Ring header (offsets in bytes; hot fields each on their own 128-byte cache-line 
     768  DEAD_LETTER_RANGES      ...  DEAD_LETTER_SLOTS x (first, next) positions, a circular log of
                                       dead-lettered ranges for GET /v1/batches/{id}
 
-Record (8-byte aligned; never crosses the end of the data region)
+Record (8-byte aligned; never crosses the end of the data region, except the padding that
+replaces an abandoned claim which wrapped: it spans the claim's gap and its data records)
 -----------------------------------------------------------------
      0  int32  length    HEADER + payload bytes, before alignment (the next record starts at
                          align8(length)); negative while the claim it opens is in progress
      4  int32  type      TYPE_DATA or TYPE_PADDING
      8  int64  received  wall-clock ns when the HTTP worker received the request;
-                         while in progress: producer pid (low 32 bits) | start time (high 32 bits)
+                         in the first record of a claim: the claim's OWNER WORD until commit
+                         (a gap padding record keeps it), bit 63 set | start time (bits 32..62)
+                         | producer pid (bits 0..31): negative as an int64, unlike any header
+                         word or received time
     16  payload          compact JSON object, `length - 16` bytes
 
 Bytes 0..7 are one little-endian int64 word, `length | type << 32`, written with a single store
-or compare-and-swap, so a reader never sees a torn header.
+or compare-and-swap, so a reader never sees a torn header. A padding record may be a single
+word (8 bytes); the reader reads nothing of a padding record but its first word.
 
 Claims
 ------
 A claim holds one request's records, whole: producers CAS PRODUCER_POSITION forward by the
 request's framed size (plus the gap to the end of the data region when the records would cross
-it: that gap becomes a padding record in the same claim). The claim's first header is then
-compare-and-swapped from 0 to IN PROGRESS: length = -(claim length), type = PADDING if the claim
-starts with the gap else DATA. Every other header of the claim is written committed from the
-start; nobody can reach them before the first one is committed. Commit is one CAS of the first
-header to its committed value (with release), so a request enters the ring whole or not at all.
+it: that gap becomes a padding record in the same claim; plus a trailing 8-byte padding record
+when the claim would otherwise end exactly one word before the end of the data region, where
+the next claim's owner word would not fit). The producer then
+  1. checks the claim is not passed already (see below; a producer stalled since its position
+     CAS finds out before writing anything),
+  2. CASes the owner word (offset 8 of the claim) from 0 to its owner word, so the header
+     never exists without its owner: a producer killed at any instant leaves either a zero
+     header (maybe with an owner word) or an in-progress header with its owner word,
+  3. CASes the first header from 0 to IN PROGRESS: length = -(claim length), type = PADDING if
+     the claim starts with the gap else DATA,
+  4. checks again that the claim is not passed; if it is, it puts both words back to 0 and
+     reports LOST (HTTP 503): nothing it wrote was ever acknowledged,
+  5. copies the records: every other header of the claim is written committed from the start;
+     nobody can reach them before the first one is committed,
+  6. commits with one CAS of the first header to its committed value (with release; a first
+     data record gets its received time in place of the owner word just before), so a request
+     enters the ring whole or not at all. A producer whose commit CAS fails learns that its
+     claim was padded and reports LOST.
+"Passed": position < UNBLOCK_NEXT or position < CONSUMER_POSITION.
 
 Abandoned claims (agrona's unblock)
 -----------------------------------
-* in progress, producer gone (its pid and start time no longer match a live process) for
-  RINGGATE_UNBLOCK_MS: the consumer CASes the first header to a padding record over the claim;
+* in progress, producer gone (its owner word names a pid and start time that no longer match a
+  live process, or it is already the first record's received time) for RINGGATE_UNBLOCK_MS:
+  the consumer CASes the first header to a padding record over the claim;
 * a zero header below PRODUCER_POSITION for that long (a producer died between its position CAS
-  and its header CAS): the consumer publishes UNBLOCK_FIRST/NEXT, confirms the range is still
-  zero, then CASes its first word to padding. A producer checks, after winning its header CAS,
-  that its claim is not inside the published range and that CONSUMER_POSITION has not passed it;
-  if it is, it puts the header back to 0 and reports LOST (HTTP 503): nothing it wrote was ever
-  acknowledged. Both sides use sequentially consistent operations for this handshake.
-A producer whose commit CAS fails learns the same way that its claim was padded.
+  and its header CAS): the consumer scans the zero run up to the first non-zero word (an owner
+  word ends the run one word earlier, where its claim starts; the owner word right after the
+  run's first header belongs to that claim), the producer position or the end of the data
+  region; publishes UNBLOCK_FIRST and UNBLOCK_NEXT (NEXT only ever grows: a producer stalled in
+  an earlier padded run must still see that it lost, even when the consumer has not released
+  past it yet); confirms the run is still zero; then CASes its first word from 0 to padding.
+  If anything changed it aborts and puts UNBLOCK_FIRST/NEXT back (nothing was padded).
+  A producer checks, after winning its owner and header CASes, that its claim is not passed.
+  Both sides use sequentially consistent operations for this handshake: either the consumer sees
+  the producer's words and aborts, or the producer sees UNBLOCK_NEXT.
 
 Why two consumer positions
 --------------------------
@@ -111,6 +135,8 @@ SINK_REASON_LENGTH = 256
 DEAD_LETTER_RANGES_OFFSET = 768
 DEAD_LETTER_SLOTS = 128  # 128 x 16 bytes: ends at 2816 < HEADER_LENGTH
 
+MAX_LENGTH = 1 << 30  # record and claim lengths are int32 in the record header
+
 RECORD_HEADER_LENGTH = 16
 RECORD_ALIGNMENT = 8
 LENGTH_OFFSET = 0
@@ -140,13 +166,26 @@ def align(length: int) -> int:
 
 
 def max_record_length(capacity: int) -> int:
-    """Largest framed record: capacity / 8."""
-    return capacity // 8
+    """Largest framed record: capacity / 8 (at most MAX_LENGTH)."""
+    return min(capacity // 8, MAX_LENGTH)
 
 
 def max_claim_length(capacity: int) -> int:
-    """Largest request: half the ring (it could never fit otherwise, so 429 would be a lie)."""
-    return capacity // 2
+    """Largest request: half the ring (it could never fit otherwise, so 429 would be a lie); at
+    most MAX_LENGTH, so a claim with its gap (smaller than the claim) fits the int32 length."""
+    return min(capacity // 2, MAX_LENGTH)
+
+
+OWNER_FLAG = 1 << 63
+
+
+def owner_word_of(pid: int, start_time: int) -> int:
+    """The (negative) int64 a producer stores at offset 8 of its claim before its header."""
+    return ((pid & 0xFFFFFFFF) | ((start_time & 0x7FFFFFFF) << 32) | OWNER_FLAG) - (1 << 64)
+
+
+def is_owner_word(word: int) -> bool:
+    return word < 0
 
 
 def header_word(length: int, type_: int) -> int:
