@@ -23,7 +23,7 @@ from starlette.routing import Route
 from .config import Settings
 from .ingest import IngestError, decode_body, parse_headers
 from .metrics import Metrics, render
-from .process import RING_COUNT_ENV, configure_logging, die_with_supervisor
+from .process import RING_COUNT_ENV, configure_logging, die_with_supervisor, pid_alive
 from .ring import Ring, RingError, segment_name
 from .ring import layout as L
 from .sinks import sink_label
@@ -63,7 +63,7 @@ class Gateway:
         if seen is not None and now - seen[0] < 0.1:
             return seen[1]
         pid = self.rings[index].flusher_pid
-        alive = pid > 0 and _pid_alive(pid)
+        alive = pid > 0 and pid_alive(pid)
         if alive:
             self._dead_since.pop(index, None)
         self._flusher_seen[index] = (now, alive)
@@ -92,16 +92,6 @@ class Gateway:
             "oldest_age_s": max(0.0, (time.time_ns() - oldest) / 1e9) if oldest else 0.0,
             "sink_error": ring.sink_reason,
         }
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 settings = Settings.from_child_environ()

@@ -16,6 +16,8 @@ import os
 
 import numpy as np
 
+from .process import pid_alive
+
 SHM_DIR = "/dev/shm"
 SLOTS = 256
 COUNTERS = 128
@@ -118,19 +120,9 @@ def _free_row(table: np.ndarray) -> int:
         if owners[row] == 0:
             return row
     for row in range(SLOTS):
-        if not _alive(int(owners[row])):
+        if not pid_alive(int(owners[row])):
             return row
     raise RuntimeError(f"more than {SLOTS} live ringgate processes share one metrics segment")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def render(totals: dict[str, int], sink: str, rings: list[dict]) -> str:

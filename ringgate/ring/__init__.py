@@ -108,6 +108,25 @@ def owner_alive(word: int) -> bool:
     return start is not None and (start & 0x7FFFFFFF) == (word >> 32) & 0x7FFFFFFF
 
 
+class _HeaderField:
+    """One int64 word of the ring header, read and written with single aligned stores."""
+
+    def __init__(self, offset: int, writable: bool = True) -> None:
+        self.word = offset // 8
+        self.writable = writable
+
+    def __set_name__(self, owner, name: str) -> None:
+        self.name = name
+
+    def __get__(self, ring, owner=None):
+        return self if ring is None else ring._q[self.word]
+
+    def __set__(self, ring, value: int) -> None:
+        if not self.writable:
+            raise AttributeError(f"{self.name} is moved only by the ring implementation")
+        ring._q[self.word] = int(value)
+
+
 @dataclass(slots=True)
 class ReadResult:
     count: int
@@ -227,37 +246,16 @@ class Ring:
     def _set(self, offset: int, value: int) -> None:
         self._q[offset // 8] = value
 
-    @property
-    def producer_position(self) -> int:
-        return self._get(L.PRODUCER_POSITION_OFFSET)
-
-    @property
-    def consumer_position(self) -> int:
-        return self._get(L.CONSUMER_POSITION_OFFSET)
+    producer_position = _HeaderField(L.PRODUCER_POSITION_OFFSET, writable=False)
+    consumer_position = _HeaderField(L.CONSUMER_POSITION_OFFSET, writable=False)
+    unblocked_count = _HeaderField(L.UNBLOCKED_COUNT_OFFSET, writable=False)
+    flusher_pid = _HeaderField(L.FLUSHER_PID_OFFSET)
+    draining = _HeaderField(L.DRAINING_OFFSET)  # 1 once the supervisor asked the flusher to drain
+    oldest_pending_ns = _HeaderField(L.OLDEST_PENDING_NS_OFFSET)
 
     @property
     def used_bytes(self) -> int:
         return max(0, self.producer_position - self._get(L.FREE_POSITION_OFFSET))
-
-    @property
-    def unblocked_count(self) -> int:
-        return self._get(L.UNBLOCKED_COUNT_OFFSET)
-
-    @property
-    def flusher_pid(self) -> int:
-        return self._get(L.FLUSHER_PID_OFFSET)
-
-    @flusher_pid.setter
-    def flusher_pid(self, pid: int) -> None:
-        self._set(L.FLUSHER_PID_OFFSET, pid)
-
-    @property
-    def draining(self) -> bool:
-        return self._get(L.DRAINING_OFFSET) == 1
-
-    @draining.setter
-    def draining(self, value: bool) -> None:
-        self._set(L.DRAINING_OFFSET, 1 if value else 0)
 
     @property
     def inflight(self) -> tuple[int, int] | None:
@@ -270,14 +268,6 @@ class Ring:
     def set_inflight(self, first: int, next_: int) -> None:
         self._set(L.INFLIGHT_NEXT_OFFSET, next_)
         self._set(L.INFLIGHT_FIRST_OFFSET, first)
-
-    @property
-    def oldest_pending_ns(self) -> int:
-        return self._get(L.OLDEST_PENDING_NS_OFFSET)
-
-    @oldest_pending_ns.setter
-    def oldest_pending_ns(self, value: int) -> None:
-        self._set(L.OLDEST_PENDING_NS_OFFSET, value)
 
     @property
     def sink_reason(self) -> str:

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 class Load:
     """Clients posting 20-record requests with unique ids until stopped (or a bound is hit)."""
 
-    def __init__(self, port: int, clients: int = 4, max_requests: int = 4000, max_seconds: float = 60) -> None:
+    def __init__(self, port: int, clients: int = 4, max_requests: int = 20000, max_seconds: float = 60) -> None:
         self.port = port
         self.acked: list[str] = []
         self.statuses: dict[int, int] = {}
