@@ -286,6 +286,7 @@ async def healthz(request: Request) -> Response:
 
 async def readyz(request: Request) -> Response:
     reports = [gateway.ring_report(i) for i in range(len(gateway.rings))]
+    stale_s = max(5.0, 10 * gateway.settings.flush_interval_ms / 1000)
     reasons = []
     if not reports:
         reasons.append("no rings attached")
@@ -294,6 +295,8 @@ async def readyz(request: Request) -> Response:
             reasons.append(f"ring {r['ring']}: no flusher alive")
         if r["sink_error"]:
             reasons.append(f"ring {r['ring']}: sink failing: {r['sink_error']}")
+        elif r["oldest_age_s"] > stale_s:  # e.g. a first connection attempt still hanging
+            reasons.append(f"ring {r['ring']}: oldest undelivered record is {r['oldest_age_s']:.1f}s old")
     body = {
         "status": "not_ready" if reasons else "ready",
         "reasons": reasons,

@@ -57,6 +57,7 @@ class Flusher:
         self._buffers = ReadBuffers(settings.batch_records, settings.batch_bytes, ring.capacity)
         self._blocked: tuple[int, float] | None = None  # (position, since) of a claim we wait on
         self._attempts = 0
+        self._done_through = -1
 
     # -- the loop -----------------------------------------------------------------------------
 
@@ -159,6 +160,7 @@ class Flusher:
         """Deliver with retries, for as long as it takes: the ring holds the batch meanwhile."""
         started = self._clock()
         self._attempts = 0
+        self._done_through = -1  # last position of a split piece already delivered or dead-lettered
         while True:
             self._attempts += 1
             try:
@@ -186,7 +188,10 @@ class Flusher:
 
     def _deliver_isolating(self, batch: Batch) -> None:
         """Deliver; if the sink refuses the content, split in halves until the refused records
-        stand alone, dead-letter those and deliver the rest."""
+        stand alone, dead-letter those and deliver the rest. Pieces go in ring order; a retry of
+        the whole batch skips the pieces already done, so the counters count each record once."""
+        if batch.last_position <= self._done_through:
+            return
         try:
             self.sink.deliver(batch)
         except PermanentSinkError as exc:
@@ -197,6 +202,7 @@ class Flusher:
             self._deliver_isolating(batch.slice(0, mid))
             self._deliver_isolating(batch.slice(mid, batch.count))
             return
+        self._done_through = batch.last_position
         if self.metrics:
             self.metrics.inc("records_delivered_total", batch.count)
             self.metrics.inc("batches_delivered_total")
@@ -221,6 +227,7 @@ class Flusher:
             self.ring.set_sink_reason(f"dead-letter store: {dlq_exc}")
             raise DeadLetterFailure(str(dlq_exc)) from dlq_exc
         self.ring.record_dead_letters(batch.first_position, batch.next_position)
+        self._done_through = batch.last_position
         if self.metrics:
             self.metrics.inc("records_dead_lettered_total")
         log.error("ring %d: record %d dead-lettered: %s", self.ring_index, batch.first_position, exc)

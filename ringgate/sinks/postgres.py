@@ -77,6 +77,8 @@ _SESSION_SETTINGS = {
     # no silent hang behind someone's ACCESS EXCLUSIVE lock, or behind the offsets row still
     # locked by this flusher's previous connection that the server has not yet seen die
     "lock_timeout": "60s",
+    # a dead flusher's half-open session must not keep the offsets row locked for hours
+    "idle_in_transaction_session_timeout": "60s",
     # ... which the server notices sooner with keepalives of its own (default: 2 hours idle),
     # and, while it runs a statement for us, by checking that we are still there
     "tcp_keepalives_idle": "30",

@@ -233,15 +233,18 @@ def test_server_unreachable_mid_load_then_back(make_gateway, s3_server, s3_bucke
 # -- 4. SIGKILL of the flusher mid-upload ----------------------------------------------------------
 
 
-def delivering(gw) -> bool:
-    """The ring header says a batch is in flight: recorded and not yet released."""
+def ring_words(gw, *offsets: int) -> list[int]:
     fd = os.open(f"/dev/shm/{gw.instance}-ring-0", os.O_RDONLY)
     try:
-        consumer = int.from_bytes(os.pread(fd, 8, L.CONSUMER_POSITION_OFFSET), "little")
-        first = int.from_bytes(os.pread(fd, 8, L.INFLIGHT_FIRST_OFFSET), "little")
-        next_ = int.from_bytes(os.pread(fd, 8, L.INFLIGHT_NEXT_OFFSET), "little")
+        return [int.from_bytes(os.pread(fd, 8, offset), "little") for offset in offsets]
     finally:
         os.close(fd)
+
+
+def delivering(gw) -> bool:
+    """The ring header says a batch is in flight: recorded and not yet released."""
+    consumer, first, next_ = ring_words(gw, L.CONSUMER_POSITION_OFFSET, L.INFLIGHT_FIRST_OFFSET,
+                                        L.INFLIGHT_NEXT_OFFSET)
     return next_ > first == consumer
 
 
@@ -256,9 +259,14 @@ def test_sigkill_of_the_flusher_mid_upload_loses_nothing_and_doubles_nothing(mak
             deadline = time.monotonic() + 5
             while not delivering(gw) and time.monotonic() < deadline:
                 time.sleep(0.0005)
+            (killed_next,) = ring_words(gw, L.INFLIGHT_NEXT_OFFSET)
             os.kill(flusher, signal.SIGKILL)
             wait_for(lambda f=flusher: (pids := gw.children()["flusher"]) != [] and pids[0] != f,
                      timeout=15, what="a new flusher")
+            # the in-flight range of the killed flusher stays recorded until its replacement has
+            # replayed it: wait for that, so the next kill lands on a real delivery
+            wait_for(lambda n=killed_next: ring_words(gw, L.CONSUMER_POSITION_OFFSET)[0] >= n,
+                     timeout=15, what="the replay of the killed flusher's batch")
         load.wait_acked(len(load.acked) + 800)
     assert load.acked
     wait_for(lambda: delivered_everything(gw), timeout=30, what="delivery to catch up")
