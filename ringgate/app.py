@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import logging
 import os
 import time
@@ -46,6 +47,8 @@ class Gateway:
         self.own = 0
         self._flusher_seen: dict[int, tuple[float, bool]] = {}
         self._dead_since: dict[int, float] = {}
+        self._waiters: list[list[tuple[int, int, asyncio.Future]]] = []  # per ring: heap by position
+        self._poller: asyncio.Task | None = None
         self.keys = frozenset(f"Bearer {k}".encode() for k in settings.api_keys)
 
     def start(self) -> None:
@@ -53,8 +56,32 @@ class Gateway:
             return
         count = int(os.environ.get(RING_COUNT_ENV, self.settings.flushers))
         self.rings = [Ring.attach(segment_name(self.settings.instance, i)) for i in range(count)]
+        self._waiters = [[] for _ in self.rings]
         self.metrics = Metrics.attach(self.settings.instance)
         self.own = os.getpid() % len(self.rings)
+
+    def committed(self, index: int, position: int) -> asyncio.Future:
+        """A future resolved once ring `index` has committed everything below `position`.
+
+        One poller task per worker watches every waiting request's ring (not one loop each)."""
+        future = asyncio.get_running_loop().create_future()
+        if self.rings[index].consumer_position >= position:
+            future.set_result(None)
+            return future
+        heapq.heappush(self._waiters[index], (position, id(future), future))
+        if self._poller is None or self._poller.done():
+            self._poller = asyncio.get_running_loop().create_task(self._poll_commits())
+        return future
+
+    async def _poll_commits(self) -> None:
+        while any(self._waiters):
+            await asyncio.sleep(ACK_POLL_S)
+            for index, waiters in enumerate(self._waiters):
+                committed = self.rings[index].consumer_position
+                while waiters and (waiters[0][0] <= committed or waiters[0][2].done()):
+                    _, _, future = heapq.heappop(waiters)
+                    if not future.done():
+                        future.set_result(None)
 
     def flusher_alive(self, index: int) -> bool:
         """Cached for 100 ms: one kill(pid, 0) per ring per 100 ms, not per request."""
@@ -237,17 +264,17 @@ async def _commit(scope, send, records, received_ns: int) -> None:
         m.request(202)
         await _send_json(send, 202, {"accepted": n, "batch_id": batch_id})
         return
-    deadline = time.monotonic() + gateway.settings.ack_timeout_ms / 1000
-    while ring.consumer_position < next_:
-        if time.monotonic() >= deadline:
-            m.request(504)
-            await _send_json(send, 504, {
-                "error": "ack_timeout", "batch_id": batch_id, "accepted": n,
-                "detail": f"not committed within RINGGATE_ACK_TIMEOUT_MS ({gateway.settings.ack_timeout_ms}); "
-                          "the records are still delivered",
-            })
-            return
-        await asyncio.sleep(ACK_POLL_S)
+    timeout_s = gateway.settings.ack_timeout_ms / 1000
+    try:
+        await asyncio.wait_for(gateway.committed(index, next_), timeout_s)
+    except TimeoutError:
+        m.request(504)
+        await _send_json(send, 504, {
+            "error": "ack_timeout", "batch_id": batch_id, "accepted": n,
+            "detail": f"not committed within RINGGATE_ACK_TIMEOUT_MS ({gateway.settings.ack_timeout_ms}); "
+                      "the records are still delivered",
+        })
+        return
     m.request(200)
     status_text = "dead_lettered" if ring.dead_lettered(first, next_) else "committed"
     await _send_json(send, 200, {"accepted": n, "batch_id": batch_id, "status": status_text})

@@ -247,3 +247,14 @@ def test_sigterm_drains_and_unlinks_the_rings(make_gateway):
     assert gw.stop() == 0, gw.log()
     assert_exactly_once([f"d-{i}" for i in range(30)], stored(gw))
     assert gw.segments() == []
+
+
+def test_many_concurrent_ack_commit_requests_all_answer_after_commit(make_gateway):
+    from concurrent.futures import ThreadPoolExecutor
+
+    gw = make_gateway(FLUSH_INTERVAL_MS="200", BATCH_RECORDS="25")
+    with ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(lambda i: gw.post(records(f"cc{i}", 5), path="/v1/ingest?ack=commit"), range(32)))
+    assert [a.status for a in answers] == [200] * 32
+    stored_ids = {r["id"] for r in stored(gw)}
+    assert all(f"cc{i}-{j}" in stored_ids for i in range(32) for j in range(5))
