@@ -13,6 +13,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -124,6 +125,11 @@ def serve(settings: Settings) -> int:
         )
         return EXIT_FAILED
     try:
+        _check_listen(settings)
+    except OSError as exc:
+        print(f"ringgate: cannot listen on {settings.host}:{settings.port}: {exc.strerror}", file=sys.stderr)
+        return EXIT_FAILED
+    try:
         rings = _open_rings(settings)
     except ConfigurationError as exc:
         print(f"ringgate: {exc}", file=sys.stderr)
@@ -147,11 +153,22 @@ def serve(settings: Settings) -> int:
         settings.host, settings.port, settings.workers, len(rings), rings[0].capacity, IMPL_NAME,
         sink_label(settings.sink),
     )
+    failed = False
     try:
         _run_granian(settings)
     except Exception:
         log.exception("HTTP server failed")
-    return _drain(settings, rings, manager, lock)
+        failed = True
+    code = _drain(settings, rings, manager, lock)
+    return EXIT_FAILED if failed else code
+
+
+def _check_listen(settings: Settings) -> None:
+    """Fail before creating anything when the address is taken (Granian would only raise later)."""
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind((settings.host, settings.port))
 
 
 def _open_rings(settings: Settings) -> list[Ring]:

@@ -258,3 +258,19 @@ def test_many_concurrent_ack_commit_requests_all_answer_after_commit(make_gatewa
     assert [a.status for a in answers] == [200] * 32
     stored_ids = {r["id"] for r in stored(gw)}
     assert all(f"cc{i}-{j}" in stored_ids for i in range(32) for j in range(5))
+
+
+def test_an_address_in_use_exits_1_naming_it_and_creates_nothing(tmp_path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RINGGATE_")}
+        env.update(RINGGATE_PORT=str(port), RINGGATE_INSTANCE=f"rginuse{os.getpid()}")
+        proc = subprocess.run([sys.executable, "-m", "ringgate", "serve"], env=env, cwd=tmp_path,
+                              capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    assert f"127.0.0.1:{port}" in proc.stderr and "in use" in proc.stderr
+    assert not list(pathlib.Path("/dev/shm").glob(f"rginuse{os.getpid()}-ring-*"))
