@@ -155,7 +155,9 @@ def serve(settings: Settings) -> int:
     )
     failed = False
     try:
-        _run_granian(settings)
+        if not _run_granian(settings):
+            log.error("the HTTP server stopped without being asked to (worker crash loop?): draining")
+            failed = True
     except Exception:
         log.exception("HTTP server failed")
         failed = True
@@ -194,11 +196,12 @@ def _open_rings(settings: Settings) -> list[Ring]:
     return rings
 
 
-def _run_granian(settings: Settings) -> None:
+def _run_granian(settings: Settings) -> bool:
+    """Serve until SIGTERM/SIGINT; False if Granian stopped on its own (e.g. a worker crash loop)."""
     from granian import Granian
     from granian.constants import Interfaces, Loops
 
-    Granian(
+    server = Granian(
         "ringgate.app:app",
         address=settings.host,
         port=settings.port,
@@ -207,7 +210,9 @@ def _run_granian(settings: Settings) -> None:
         loop=Loops.uvloop,
         respawn_failed_workers=True,
         log_level=settings.log_level if settings.log_level != "warning" else "warn",
-    ).serve()
+    )
+    server.serve()
+    return bool(getattr(server, "interrupt_signal", True))
 
 
 def _drain(settings: Settings, rings: list[Ring], manager: FlusherManager, lock: InstanceLock) -> int:
