@@ -24,8 +24,16 @@ test: install
 test-fast: install
 	$(PYTHON) -m pytest -m "not slow"
 
+## micro benchmarks (pytest-benchmark), each beside its baseline in the same run
 bench: install
 	$(PYTHON) -m pytest bench -p no:randomly --benchmark-only -o testpaths=bench
+
+## end to end over loopback (wrk from apt; FastAPI baseline from the bench extra), ~9 minutes
+bench-e2e: install
+	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+	$(PIP) install --quiet -e '.[bench]'
+	$(PYTHON) bench/e2e.py --sink file --sink postgresql --retry-after-ms 1000 --json-out .benchmarks/e2e.json
+	$(PYTHON) bench/e2e.py --report .benchmarks/e2e.json
 
 lint: install
 	$(PYTHON) -m ruff check ringgate tests bench

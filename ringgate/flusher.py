@@ -21,7 +21,7 @@ from .config import Settings
 from .errors import PermanentSinkError, RinggateError, SinkError
 from .metrics import Metrics
 from .process import configure_logging, die_with_supervisor
-from .ring import ReadBuffers, Ring, segment_name
+from .ring import ReadBuffers, ReadResult, Ring, segment_name
 from .ring import layout as L
 from .sinks import Batch, Sink, make_sink, sink_label
 
@@ -115,15 +115,26 @@ class Flusher:
             result.count >= self.settings.batch_records
             or result.data_length - result.count >= self.settings.batch_bytes * 0.9
         )
-        age_ms = (time.time_ns() - oldest) / 1e6
-        if not full and not ring.draining and age_ms < self.settings.flush_interval_ms:
-            self._sleep(min(IDLE_POLL_S * 5, (self.settings.flush_interval_ms - age_ms) / 1000))
-            return True
+        if not full and not ring.draining:
+            self._wait_for_batch(cursor, oldest, result)
+            result = ring.read(cursor, self.settings.batch_records, self.settings.batch_bytes, self._buffers)
         batch = self._batch(self._buffers, result.count, result.data_length, result.next_position)
         ring.set_inflight(cursor, result.next_position)
         self._deliver(batch)
         ring.release(result.next_position)
         return True
+
+    def _wait_for_batch(self, cursor: int, oldest_ns: int, result: ReadResult) -> None:
+        """Wait, watching only the ring header (copying nothing), until the partial batch at
+        `cursor` is old enough, the ring holds about a full batch, or a drain is asked for."""
+        per_record = (result.next_position - cursor) / result.count
+        enough = min(self.settings.batch_bytes, per_record * self.settings.batch_records)
+        deadline_ns = oldest_ns + self.settings.flush_interval_ms * 1_000_000
+        while True:
+            remaining_s = (deadline_ns - time.time_ns()) / 1e9
+            if remaining_s <= 0 or self.ring.producer_position - cursor >= enough or self.ring.draining:
+                return
+            self._sleep(min(IDLE_POLL_S * 5, remaining_s))
 
     def _batch(self, buffers: ReadBuffers, count: int, data_length: int, next_position: int) -> Batch:
         return Batch(

@@ -1,0 +1,949 @@
+"""End-to-end load run: ringgate beside its ceilings and a FastAPI baseline, one after another, same run.
+
+    python bench/e2e.py                                   # files: bare Granian, ringgate, FastAPI
+    python bench/e2e.py --sink file --sink postgresql     # + PostgreSQL (a throwaway server)
+    python bench/e2e.py --sink postgresql://user@127.0.0.1:5432/db   # an existing server
+    python bench/e2e.py --profile /tmp/prof               # py-spy over ringgate under load
+
+Servers (each on loopback, started, loaded, stopped and drained before the next one starts):
+- ceiling (files): `bench/baselines/bare_granian.py`, Granian ASGI decoding the body with msgspec
+  into `Struct(records: list[Raw])` and answering 202; no sink.
+- ceiling (PostgreSQL): a bare COPY loop, no HTTP: 10,000-row binary COPY transactions of a
+  pre-encoded buffer into a table with ringgate's columns, from 1 and from 2 connections.
+- ringgate: `ringgate serve` (RINGGATE_WORKERS from --workers, default 1 and 2; the best is named).
+- baseline: `bench/baselines/fastapi_queue.py` on uvicorn workers (uvloop, httptools).
+
+Load: wrk (apt-get install -y wrk) with bench/post.lua, POSTing `{"records": [...]}` bodies of
+100 records of ~129 bytes (12.9 KB) and of 1 record, at each --concurrency, --duration seconds
+each, after a short warm-up. Per load point:
+- acknowledged records/s: 2xx responses (counted by status in the Lua `response()` hook) x records
+  per request / wrk's duration; 429s and other non-2xx counted apart;
+- committed records/s: records that reached the sink during the load window (NDJSON lines in
+  the files whose final name appeared, or `count(*)` of the table, sampled right before wrk starts
+  and right after it ends) / the window. Between load points the run waits until everything
+  acknowledged so far is committed, so every window starts empty;
+- p50/p99 latency (wrk), the 429 rate, and the CPU seconds the server's processes used per
+  million records (a measure the noise of a shared machine disturbs less than throughput);
+- after each server stops: every acknowledged record is in the sink (`lost` counts any that
+  are not; `extra` any stored beyond what was acknowledged).
+
+Ratios: ringgate / ceiling and ringgate / baseline on committed records/s (acknowledged for the
+bare Granian ceiling, which stores nothing). Output: a table, then one JSON document (also
+written to --json-out). Every load loop is bounded: wrk by --duration, waits by --drain-timeout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import http.client
+import json
+import multiprocessing
+import os
+import platform
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+LUA = BENCH / "post.lua"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+# -- bodies ----------------------------------------------------------------------------------------
+
+
+def make_records(n: int) -> list[bytes]:
+    """Compact JSON objects of ~129 bytes, each different (as in MEASUREMENTS.md)."""
+    events = (b"click", b"view", b"scroll", b"purchase")
+    return [
+        b'{"id":%d,"ts":"2026-11-25T10:00:%02d.%03dZ","user":"user%05d","event":"%s",'
+        b'"props":{"page":"/home","x":%d,"y":%d},"ok":true}'
+        % (i, i % 60, i % 1000, i * 7 % 100_000, events[i % 4], i * 13 % 1000, i * 29 % 1000)
+        for i in range(n)
+    ]
+
+
+def make_body(n: int) -> bytes:
+    return b'{"records":[' + b",".join(make_records(n)) + b"]}"
+
+
+# -- processes -------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def post(port: int, body: bytes, timeout: float = 5) -> int:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("POST", "/v1/ingest", body=body, headers={"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        resp.read()
+        return resp.status
+    finally:
+        conn.close()
+
+
+def get(port: int, path: str, timeout: float = 5) -> int:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        resp.read()
+        return resp.status
+    finally:
+        conn.close()
+
+
+def _stat(pid: int) -> list[bytes] | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()
+    except OSError:
+        return None
+
+
+def session_pids(sid: int) -> list[int]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            fields = _stat(int(entry))
+            if fields and int(fields[3]) == sid and fields[0] not in (b"Z", b"X"):
+                out.append(int(entry))
+    return out
+
+
+def children_of(pid: int) -> list[int]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            fields = _stat(int(entry))
+            if fields and int(fields[1]) == pid:
+                out.append(int(entry))
+    return out
+
+
+def cpu_seconds(pids: list[int], reaped: bool = False) -> float:
+    """utime + stime of these processes (fields 14 and 15 of /proc/<pid>/stat); with `reaped`, also
+    what their children that have exited used (cutime + cstime): PostgreSQL's backends come and go."""
+    ticks = 0
+    for pid in pids:
+        fields = _stat(pid)
+        if fields:
+            ticks += int(fields[11]) + int(fields[12])
+            if reaped:
+                ticks += int(fields[13]) + int(fields[14])
+    return ticks / CLK_TCK
+
+
+def is_flusher(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return b"flusher" in f.read().split(b"\0")
+    except OSError:
+        return False
+
+
+# -- sinks and how to count what they hold ---------------------------------------------------------
+
+
+class FileCounter:
+    """NDJSON lines in files ending in .ndjson under a directory. Files appear under their final
+    name only when complete (rename), and never change afterwards but to be rewritten whole with the
+    same content, so each is counted once, when first seen."""
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+        self.seen: set[str] = set()
+        self.total = 0
+
+    def count(self) -> int:
+        new = []
+        for dirpath, _, files in os.walk(self.directory):
+            for name in files:
+                if name.endswith(".ndjson"):
+                    path = os.path.join(dirpath, name)
+                    if path not in self.seen:
+                        new.append(path)
+        # the set of files is fixed above; reading them may take a while
+        for path in new:
+            with open(path, "rb") as f:
+                self.total += f.read().count(b"\n")
+            self.seen.add(path)
+        return self.total
+
+
+class PgCounter:
+    def __init__(self, url: str, table: str) -> None:
+        import psycopg
+
+        self.conn = psycopg.connect(url, autocommit=True)
+        self.table = table
+
+    def count(self) -> int:
+        (exists,) = self.conn.execute("SELECT to_regclass(%s) IS NOT NULL", (self.table,)).fetchone()
+        if not exists:
+            return 0
+        return self.conn.execute(f"SELECT count(*) FROM {self.table}").fetchone()[0]
+
+    def drop(self) -> None:
+        self.conn.execute(f"DROP TABLE IF EXISTS {self.table}, {self.table}_offsets CASCADE")
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+@dataclass
+class Postgres:
+    url: str
+    server: object | None = None  # tests.fixtures.postgres.PostgresServer when we started one
+
+    def pids(self) -> list[int]:
+        """The postmaster and its children (backends), for CPU accounting; [] for a server not ours."""
+        if self.server is None:
+            return []
+        try:
+            with open(os.path.join(self.server.datadir, "postmaster.pid")) as f:
+                master = int(f.readline())
+        except (OSError, ValueError):
+            return []
+        return [master, *children_of(master)]
+
+    def cpu_seconds(self) -> float:
+        """CPU of the server: the postmaster with its exited backends (cutime), and the live ones."""
+        pids = self.pids()
+        return cpu_seconds(pids[:1], reaped=True) + cpu_seconds(pids[1:]) if pids else 0.0
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.cleanup()
+
+
+def start_postgres(url: str) -> Postgres:
+    if url != "postgresql":
+        return Postgres(url)
+    sys.path.insert(0, str(ROOT))
+    from tests.fixtures import postgres as pg  # the integration tests' throwaway server
+
+    bindir, looked = pg.find_bindir()
+    if bindir is None:
+        raise SystemExit(f"no PostgreSQL server binaries (looked in {looked}); install postgresql-15")
+    account = pg._service_account()
+    root = tempfile.mkdtemp(prefix="ringgate-e2e-pg-")
+    server = pg.PostgresServer(bindir=bindir, root=root, port=pg._free_port(), account=account)
+    if account is not None:
+        os.chown(root, account.pw_uid, account.pw_gid)
+    server.init()
+    server.start()
+    with server.connect(dbname="postgres") as conn:
+        conn.execute(f"CREATE DATABASE {pg.DATABASE} ENCODING 'UTF8' TEMPLATE template0")
+    print(f"postgresql: {server.version}, port {server.port}, data in {server.datadir}", flush=True)
+    return Postgres(server.url, server)
+
+
+# -- servers ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Server:
+    kind: str  # "ceiling" | "ringgate" | "baseline"
+    workers: int
+    sink: str  # "none" | "file" | a postgresql:// URL
+    workdir: str
+    flushers: int = 1
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen | None = None
+    counter: FileCounter | PgCounter | None = None
+    log_path: str = ""
+    table: str = ""
+
+    @property
+    def label(self) -> str:
+        extra = f", {self.flushers} flushers" if self.kind == "ringgate" and self.flushers != 1 else ""
+        return f"{self.kind} (w={self.workers}{extra})"
+
+    def start(self, timeout: float = 60) -> None:
+        data = os.path.join(self.workdir, f"{self.kind}-{self.port}")
+        os.makedirs(data, exist_ok=True)
+        env = dict(os.environ)
+        pg = self.sink.startswith("postgres")
+        self.table = f"bench_{self.kind}_events"
+        if self.kind == "ceiling":
+            cmd = [sys.executable, "-m", "granian", "--interface", "asgi", "--loop", "uvloop",
+                   "--workers", str(self.workers), "--host", "127.0.0.1", "--port", str(self.port),
+                   "--log-level", "warn", "--working-dir", str(BENCH / "baselines"), "bare_granian:app"]
+        elif self.kind == "ringgate":
+            env.update({
+                "RINGGATE_HOST": "127.0.0.1",
+                "RINGGATE_PORT": str(self.port),
+                "RINGGATE_WORKERS": str(self.workers),
+                "RINGGATE_FLUSHERS": str(self.flushers),
+                "RINGGATE_INSTANCE": f"bench-e2e-{self.port}",
+                "RINGGATE_SINK": self.sink if pg else f"file://{data}/sink",
+                "RINGGATE_PG_TABLE": self.table,
+                "RINGGATE_DLQ": f"file://{data}/dead-letter",
+                "RINGGATE_LOG_LEVEL": "warning",
+                "RINGGATE_DRAIN_TIMEOUT_S": "120",
+            })
+            cmd = [sys.executable, "-m", "ringgate", "serve"]
+        elif self.kind == "baseline":
+            env.update({"BENCH_SINK": self.sink if pg else f"file://{data}/sink", "BENCH_PG_TABLE": self.table})
+            cmd = [sys.executable, "-m", "uvicorn", "fastapi_queue:app", "--app-dir", str(BENCH / "baselines"),
+                   "--workers", str(self.workers), "--loop", "uvloop", "--http", "httptools",
+                   "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning", "--no-access-log"]
+        else:
+            raise ValueError(self.kind)
+        if pg:
+            self.counter = PgCounter(self.sink, self.table)
+            self.counter.drop()
+        elif self.sink == "file":
+            self.counter = FileCounter(f"{data}/sink")
+        self.log_path = os.path.join(self.workdir, f"{self.kind}-{self.port}.log")
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(cmd, env=env, cwd=data, stdout=log, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
+        deadline = time.monotonic() + timeout
+        probe = make_body(1)
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.label} exited with {self.proc.returncode}:\n{self.log()}")
+            with contextlib.suppress(OSError):
+                if self.kind != "ringgate" or get(self.port, "/readyz") == 200:
+                    if post(self.port, probe) == 202:
+                        return
+            time.sleep(0.2)
+        self.kill()
+        raise RuntimeError(f"{self.label} not ready within {timeout}s:\n{self.log()}")
+
+    def pids(self) -> list[int]:
+        return session_pids(self.proc.pid) if self.proc else []
+
+    def committed(self) -> int:
+        return self.counter.count() if self.counter else 0
+
+    def stop(self, timeout: float) -> tuple[int | None, float]:
+        """SIGTERM, wait for the drain; (exit status or None if killed, seconds)."""
+        started = time.monotonic()
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            code = None
+        return code, time.monotonic() - started
+
+    def kill(self) -> None:
+        """SIGKILL every process of the session we started (the server and its children)."""
+        if self.proc is None:
+            return
+        for pid in session_pids(self.proc.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(30)
+
+    def log(self) -> str:
+        try:
+            return Path(self.log_path).read_text(errors="replace")[-4000:]
+        except OSError:
+            return ""
+
+
+# -- load ------------------------------------------------------------------------------------------
+
+
+def run_wrk(port: int, body_file: str, concurrency: int, duration: float, threads: int,
+            retry_after_ms: int = 0) -> dict:
+    cmd = ["wrk", f"-t{min(threads, concurrency)}", f"-c{concurrency}", f"-d{duration:g}s", "--timeout", "10s",
+           "-s", str(LUA), f"http://127.0.0.1:{port}/v1/ingest"]
+    env = dict(os.environ, WRK_BODY_FILE=body_file)
+    if retry_after_ms:
+        env["WRK_RETRY_AFTER_MS"] = str(retry_after_ms)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        out, err = proc.communicate(timeout=duration + 60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+    for line in out.decode().splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[7:])
+    raise RuntimeError(f"wrk gave no result ({proc.returncode}):\n{out.decode()}\n{err.decode()}")
+
+
+@dataclass
+class Point:
+    sink: str
+    server: str
+    kind: str
+    workers: int
+    records_per_request: int
+    concurrency: int
+    flushers: int = 1
+    duration_s: float = 0.0
+    requests: int = 0
+    status_2xx: int = 0
+    status_429: int = 0
+    status_other: int = 0
+    socket_errors: int = 0
+    acked_per_s: float = 0.0
+    committed_per_s: float | None = None
+    p50_ms: float = 0.0
+    p99_ms: float = 0.0
+    rate_429: float = 0.0
+    server_cpu_s_per_m: float | None = None  # server CPU seconds per million acknowledged records
+    flusher_cpu_s_per_m: float | None = None  # the part of server_cpu_s_per_m ringgate's flushers used
+    postgres_cpu_s_per_m: float | None = None
+    drained_s: float | None = None  # time after the window until everything acknowledged was stored
+    statuses: dict = field(default_factory=dict)
+
+
+def wait_committed(server: Server, target: int, timeout: float) -> tuple[int, float | None]:
+    started = time.monotonic()
+    while True:
+        have = server.committed()
+        if have >= target:
+            return have, time.monotonic() - started
+        if time.monotonic() - started > timeout:
+            return have, None
+        time.sleep(0.2)
+
+
+def load_server(server: Server, args, bodies: dict[int, str], sink_label: str, pg: Postgres | None,
+                results: list[Point]) -> dict:
+    """Start, warm up, run every load point, stop; returns the server's totals."""
+    print(f"\n== {sink_label}: {server.label} on port {server.port}", flush=True)
+    server.start()
+    acked = 1  # the readiness probe's record
+    # requests still in flight when wrk stops are stored but never counted as acknowledged
+    in_flight = 16 * max(bodies)
+    try:
+        warm = run_wrk(server.port, bodies[max(bodies)], 16, args.warmup, args.wrk_threads)
+        acked += sum(v for k, v in warm["statuses"].items() if k.startswith("2")) * max(bodies)
+        if server.counter:
+            wait_committed(server, acked, args.drain_timeout)
+        for n, body_file in bodies.items():
+            for c in args.concurrency:
+                point = Point(sink_label, server.label, server.kind, server.workers, n, c, server.flushers)
+                before = server.committed()
+                pids = server.pids()
+                flushers = [pid for pid in pids if is_flusher(pid)]
+                cpu0, fl0 = cpu_seconds(pids), cpu_seconds(flushers)
+                pg0 = pg.cpu_seconds() if pg else 0.0
+                t0 = time.monotonic()
+                out = run_wrk(server.port, body_file, c, args.duration, args.wrk_threads, args.retry_after_ms)
+                t1 = time.monotonic()
+                cpu1, fl1 = cpu_seconds(pids), cpu_seconds(flushers)
+                pg1 = pg.cpu_seconds() if pg else 0.0
+                after = server.committed() if server.counter else None
+                statuses = {int(k): v for k, v in out["statuses"].items()}
+                ok = sum(v for k, v in statuses.items() if 200 <= k < 300)
+                point.statuses = statuses
+                point.duration_s = out["duration_us"] / 1e6
+                point.requests = out["requests"]
+                point.status_2xx = ok
+                point.status_429 = statuses.get(429, 0)
+                point.status_other = out["requests"] - ok - point.status_429
+                errors = out["errors"]
+                point.socket_errors = errors["connect"] + errors["read"] + errors["write"] + errors["timeout"]
+                point.acked_per_s = ok * n / point.duration_s
+                point.p50_ms = out["latency_us"]["p50"] / 1000
+                point.p99_ms = out["latency_us"]["p99"] / 1000
+                point.rate_429 = point.status_429 / out["requests"] if out["requests"] else 0.0
+                if ok:
+                    point.server_cpu_s_per_m = (cpu1 - cpu0) / (ok * n) * 1e6
+                    if flushers:
+                        point.flusher_cpu_s_per_m = (fl1 - fl0) / (ok * n) * 1e6
+                    if pg is not None and pg.server is not None:
+                        point.postgres_cpu_s_per_m = (pg1 - pg0) / (ok * n) * 1e6
+                acked += ok * n
+                in_flight += c * n
+                if after is not None:
+                    point.committed_per_s = (after - before) / (t1 - t0)
+                    _, point.drained_s = wait_committed(server, acked, args.drain_timeout)
+                results.append(point)
+                print(_row(point), flush=True)
+    finally:
+        code, stop_s = server.stop(args.drain_timeout + 60)
+    stored = server.committed() if server.counter else None
+    totals = {"server": server.label, "sink": sink_label, "acked": acked, "stored": stored,
+              "exit": code, "clean_exit": code in clean_exits(server), "stop_s": round(stop_s, 2)}
+    if stored is not None:
+        totals["lost"] = max(0, acked - stored)
+        totals["extra"] = max(0, stored - acked)
+        totals["extra_allowed"] = in_flight
+    print(f"   stopped: exit {code} after {stop_s:.1f}s; acknowledged {acked:,}, stored "
+          f"{stored if stored is None else format(stored, ',')}", flush=True)
+    if code not in clean_exits(server) or (stored is not None and not acked <= stored <= acked + in_flight):
+        print(server.log(), flush=True)
+    if isinstance(server.counter, PgCounter):
+        server.counter.drop()
+        server.counter.close()
+    return totals
+
+
+def clean_exits(server: Server) -> tuple[int, ...]:
+    # uvicorn without its multiprocess supervisor (--workers 1) re-raises the SIGTERM it handled
+    # after its graceful shutdown (lifespan included): -15 is its clean exit
+    return (0, -signal.SIGTERM) if server.kind == "baseline" and server.workers == 1 else (0,)
+
+
+# -- the PostgreSQL ceiling: a bare COPY loop --------------------------------------------------------
+
+
+def _copy_loop(url: str, table: str, seconds: float, out) -> None:
+    import psycopg
+
+    sys.path.insert(0, str(ROOT))
+    from ringgate.sinks.base import Batch
+    from ringgate.sinks.postgres import encode_copy_binary
+
+    records = make_records(10_000)
+    stream = bytes(encode_copy_binary(Batch.from_payloads(records, ring=os.getpid() & 0x7FFF,
+                                                          received_ns=time.time_ns())))
+    rows = 0
+    with psycopg.connect(url) as conn:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            with conn.transaction(), conn.cursor() as cur:
+                with cur.copy(f"COPY {table} (ring, epoch, seq, received_at, record) FROM STDIN (FORMAT BINARY)") as copy:
+                    copy.write(stream)
+            rows += len(records)
+    out.put(rows)
+
+
+def copy_ceiling(pg: Postgres, connections: int, seconds: float, quiet: bool = False) -> dict:
+    import psycopg
+
+    table = "bench_copy_ceiling"
+    with psycopg.connect(pg.url, autocommit=True) as conn:
+        conn.execute(f"DROP TABLE IF EXISTS {table}")
+        conn.execute(f"CREATE TABLE {table} (ring smallint NOT NULL, epoch bigint NOT NULL, seq bigint NOT NULL,"
+                     " received_at timestamptz NOT NULL, record jsonb NOT NULL)")
+    ctx = multiprocessing.get_context("spawn")
+    out = ctx.Queue()
+    cpu0 = pg.cpu_seconds()
+    started = time.monotonic()
+    procs = [ctx.Process(target=_copy_loop, args=(pg.url, table, seconds, out)) for _ in range(connections)]
+    for p in procs:
+        p.start()
+    rows = sum(out.get(timeout=seconds + 120) for _ in procs)
+    elapsed = time.monotonic() - started
+    for p in procs:
+        p.join(30)
+    pg_cpu = pg.cpu_seconds() - cpu0
+    with psycopg.connect(pg.url, autocommit=True) as conn:
+        (stored,) = conn.execute(f"SELECT count(*) FROM {table}").fetchone()
+        conn.execute(f"DROP TABLE {table}")
+    assert stored == rows, (stored, rows)
+    # elapsed includes the processes' start (~0.3 s): per-connection time is `seconds`
+    result = {"connections": connections, "rows": rows, "rows_per_s": rows / seconds,
+              "wall_s": round(elapsed, 2), "postgres_cpu_s_per_m": pg_cpu / rows * 1e6 if pg.server is not None else None}
+    if not quiet:
+        print(f"   COPY ceiling, {connections} connection(s): {rows / seconds:,.0f} rows/s, PostgreSQL CPU "
+              f"{_fmt(result['postgres_cpu_s_per_m'], '.2f')} s per M rows", flush=True)
+    return result
+
+
+# -- report ----------------------------------------------------------------------------------------
+
+
+def _fmt(value, spec: str = ",.0f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+HEADER = (f"   {'server':22} {'rec/req':>7} {'conc':>4} {'acked rec/s':>12} {'committed/s':>12} "
+          f"{'p50 ms':>7} {'p99 ms':>7} {'429 %':>6} {'other':>6} {'cpu s/M':>7} {'flusher':>7} {'pg s/M':>7}")
+
+
+def _row(p: Point) -> str:
+    return (f"   {p.server:22} {p.records_per_request:7d} {p.concurrency:4d} {p.acked_per_s:12,.0f} "
+            f"{_fmt(p.committed_per_s):>12} {p.p50_ms:7.2f} {p.p99_ms:7.2f} {p.rate_429 * 100:6.1f} "
+            f"{p.status_other + p.socket_errors:6d} {_fmt(p.server_cpu_s_per_m, '.2f'):>7} "
+            f"{_fmt(p.flusher_cpu_s_per_m, '.2f'):>7} {_fmt(p.postgres_cpu_s_per_m, '.2f'):>7}")
+
+
+def _median_points(points: list[Point]) -> list[Point]:
+    """One point per (sink, server, load): the median of the repeats by committed (else acked) rec/s."""
+    groups: dict[tuple, list[Point]] = {}
+    for p in points:
+        groups.setdefault((p.sink, p.server, p.records_per_request, p.concurrency), []).append(p)
+    out = []
+    for group in groups.values():
+        group.sort(key=_score)
+        out.append(group[(len(group) - 1) // 2])
+    return out
+
+
+def _score(p: Point) -> float:
+    return p.committed_per_s if p.committed_per_s is not None else p.acked_per_s
+
+
+def summarize(points: list[Point], copy_ceilings: list[dict]) -> tuple[list[dict], list[str]]:
+    """Best worker count per server and load point, and the ratios."""
+    best: dict[tuple, Point] = {}
+    for p in _median_points(points):
+        key = (p.sink, p.kind, p.records_per_request, p.concurrency)
+        if key not in best or _score(p) > _score(best[key]):
+            best[key] = p
+    loads = sorted({(p.sink, p.records_per_request, p.concurrency) for p in points},
+                   key=lambda k: (k[0] != "file", -k[1], k[2]))
+    copy_best = max((c["rows_per_s"] for c in copy_ceilings), default=None)
+    rows, lines = [], []
+    lines.append(f"{'sink':10} {'rec/req':>7} {'conc':>4} {'ceiling':>12} {'ringgate':>12} {'(workers)':>9} "
+                 f"{'baseline':>12} {'(workers)':>9} {'rg/ceiling':>10} {'rg/baseline':>11} {'rg p99 ms':>9} "
+                 f"{'rg 429 %':>8}  server CPU s per M records: ceiling/ringgate/baseline")
+    for sink, n, c in loads:
+        rg = best.get((sink, "ringgate", n, c))
+        base = best.get((sink, "baseline", n, c))
+        if sink == "file":
+            ceil_point = best.get((sink, "ceiling", n, c))
+            ceiling = ceil_point.acked_per_s if ceil_point else None
+            ceiling_workers = ceil_point.workers if ceil_point else None
+        else:
+            ceiling, ceiling_workers = copy_best, None
+        row = {
+            "sink": sink, "records_per_request": n, "concurrency": c,
+            "ceiling_per_s": ceiling, "ceiling_workers": ceiling_workers,
+            "ringgate_committed_per_s": _score(rg) if rg else None, "ringgate_workers": rg.workers if rg else None,
+            "ringgate_flushers": rg.flushers if rg else None,
+            "ringgate_acked_per_s": rg.acked_per_s if rg else None,
+            "baseline_committed_per_s": _score(base) if base else None,
+            "baseline_workers": base.workers if base else None,
+            "ringgate_p99_ms": rg.p99_ms if rg else None, "ringgate_429_rate": rg.rate_429 if rg else None,
+            "cpu_s_per_m": {name: p.server_cpu_s_per_m for name, p in
+                            (("ceiling", best.get((sink, "ceiling", n, c))), ("ringgate", rg), ("baseline", base)) if p},
+        }
+        row["ringgate_over_ceiling"] = (row["ringgate_committed_per_s"] / ceiling
+                                        if rg and ceiling else None)
+        row["ringgate_over_baseline"] = (row["ringgate_committed_per_s"] / row["baseline_committed_per_s"]
+                                         if rg and base and row["baseline_committed_per_s"] else None)
+        rows.append(row)
+        lines.append(
+            f"{sink:10} {n:7d} {c:4d} {_fmt(ceiling):>12} {_fmt(row['ringgate_committed_per_s']):>12} "
+            f"{_workers(rg):>9} {_fmt(row['baseline_committed_per_s']):>12} "
+            f"{_fmt(row['baseline_workers'], 'd'):>9} {_fmt(row['ringgate_over_ceiling'], '.2f'):>10} "
+            f"{_fmt(row['ringgate_over_baseline'], '.2f'):>11} {_fmt(row['ringgate_p99_ms'], '.1f'):>9} "
+            f"{_fmt(row['ringgate_429_rate'] and row['ringgate_429_rate'] * 100, '.1f'):>8}  "
+            + "/".join(_fmt(row["cpu_s_per_m"].get(k), ".2f") for k in ("ceiling", "ringgate", "baseline"))
+        )
+    return rows, lines
+
+
+def _workers(p: Point | None) -> str:
+    if p is None:
+        return "-"
+    return f"{p.workers}" + (f", {p.flushers} fl" if p.flushers != 1 else "")
+
+
+def machine() -> dict:
+    model = "?"
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                           capture_output=True, text=True)
+    wrk = subprocess.run(["wrk", "-v"], capture_output=True, text=True)
+    try:
+        from ringgate.ring import IMPL_NAME
+    except Exception as exc:  # noqa: BLE001
+        IMPL_NAME = f"unavailable ({exc})"
+    versions = {}
+    for name in ("granian", "msgspec", "uvicorn", "fastapi", "psycopg", "obstore", "numpy"):
+        with contextlib.suppress(Exception):
+            from importlib.metadata import version
+
+            versions[name] = version(name)
+    return {
+        "cores": os.cpu_count(), "cpu": model, "python": platform.python_version(),
+        "commit": commit.stdout.strip() + ("+dirty" if dirty.stdout.strip() else ""),
+        "ring_impl": IMPL_NAME, "wrk": (wrk.stdout + wrk.stderr).splitlines()[0] if wrk.returncode in (0, 1) else "?",
+        "loadavg_at_start": os.getloadavg(), "versions": versions,
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    }
+
+
+# -- profile ---------------------------------------------------------------------------------------
+
+
+def profile(args, bodies: dict[int, str], sink: str) -> None:
+    """py-spy over every ringgate process under the 100-record load at the highest concurrency;
+    per process role, the top functions by self samples and ours (ringgate/) by inclusive share."""
+    if shutil.which("py-spy") is None:
+        raise SystemExit("py-spy not found: pip install py-spy")
+    os.makedirs(args.profile, exist_ok=True)
+    workdir = tempfile.mkdtemp(prefix="ringgate-e2e-")
+    pg = start_postgres(sink) if sink.startswith("postgres") else None
+    server = Server("ringgate", args.workers[-1], "file" if pg is None else pg.url, workdir,
+                    flushers=args.flushers[-1])
+    server.start()
+    try:
+        run_wrk(server.port, bodies[max(bodies)], 16, args.warmup, args.wrk_threads)
+        raw = os.path.join(args.profile, f"ringgate-{'file' if pg is None else 'postgresql'}.raw.txt")
+        spy = subprocess.Popen(
+            ["py-spy", "record", "--pid", str(server.proc.pid), "--subprocesses", "--format", "raw",
+             "--rate", str(args.profile_rate), "--duration", str(int(args.duration)), "--nonblocking",
+             *(["--native"] if args.profile_native else []), "-o", raw],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )
+        time.sleep(1)
+        out = run_wrk(server.port, bodies[max(bodies)], max(args.concurrency), args.duration, args.wrk_threads,
+                      args.retry_after_ms)
+        _, err = spy.communicate(timeout=args.duration + 60)
+        print(f"under py-spy: {out['requests'] / (out['duration_us'] / 1e6):,.0f} req/s, statuses "
+              f"{out['statuses']}; raw stacks in {raw}", flush=True)
+        if spy.returncode != 0:
+            print(err.decode(errors="replace")[-2000:])
+        print("\n".join(summarize_profile(raw)))
+    finally:
+        server.stop(args.drain_timeout + 60)
+        if isinstance(server.counter, PgCounter):
+            server.counter.close()
+        if pg is not None:
+            pg.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def summarize_profile(raw: str, top: int = 20) -> list[str]:
+    """Per process role (HTTP worker, flusher, supervisor): the share of samples with no Python frame
+    (Granian's Rust threads), the top functions by self samples, and ours (ringgate/) by self line
+    and by inclusive share, from py-spy's raw (collapsed) stacks."""
+    by_role: dict[str, dict] = {}
+    with open(raw) as f:
+        for line in f:
+            stack, _, count = line.rstrip("\n").rpartition(" ")
+            if not stack:
+                continue
+            n = int(count)
+            frames = stack.split(";")
+            procs = [fr for fr in frames if fr.startswith("process ")]
+            code = [fr for fr in frames if not fr.startswith("process ")]
+            role = ("flusher" if "flusher" in procs[-1] else "supervisor" if len(procs) == 1
+                    else "HTTP worker") if procs else "?"
+            st = by_role.setdefault(role, {"total": 0, "native": 0, "self": {}, "lines": {}, "incl": {}})
+            st["total"] += n
+            if not code:
+                st["native"] += n
+                continue
+            leaf = _frame_name(code[-1])
+            st["self"][leaf] = st["self"].get(leaf, 0) + n
+            ours = [fr for fr in code if "ringgate/" in fr]
+            if ours:
+                where = _frame_name(ours[-1], keep_line=True)
+                st["lines"][where] = st["lines"].get(where, 0) + n
+            for name in {_frame_name(fr) for fr in ours}:
+                st["incl"][name] = st["incl"].get(name, 0) + n
+    lines = []
+    for role, st in sorted(by_role.items(), key=lambda kv: -kv[1]["total"]):
+        total = st["total"]
+        lines.append(f"\n{role}: {total} samples; {st['native'] / total * 100:.1f}% with no Python frame "
+                     "(Rust threads: Granian's HTTP runtime)")
+        lines.append(f"  {'self %':>6}  function (leaf frame)")
+        for name, n in sorted(st["self"].items(), key=lambda kv: -kv[1])[:top]:
+            lines.append(f"  {n / total * 100:6.1f}  {name}")
+        lines.append(f"  {'incl %':>6}  ours: function (inclusive)")
+        for name, n in sorted(st["incl"].items(), key=lambda kv: -kv[1])[:top]:
+            lines.append(f"  {n / total * 100:6.1f}  {name}")
+        lines.append(f"  {'%':>6}  ours: innermost ringgate/ line on the stack")
+        for name, n in sorted(st["lines"].items(), key=lambda kv: -kv[1])[:top]:
+            lines.append(f"  {n / total * 100:6.1f}  {name}")
+    return lines
+
+
+def _frame_name(frame: str, keep_line: bool = False) -> str:
+    # py-spy raw frames: "function (path/to/file.py:line)"
+    name, _, where = frame.partition(" (")
+    where = where.rstrip(")")
+    path, _, lineno = where.rpartition(":")
+    for marker in ("site-packages/", str(ROOT) + "/", "lib/python3.11/"):
+        if marker in path:
+            path = path.split(marker, 1)[1]
+    if keep_line:
+        return f"{name} ({path}:{lineno})"
+    return f"{name} ({path})" if path else name
+
+
+# -- markdown (for bench/RESULTS.md) ----------------------------------------------------------------
+
+
+def markdown(document: dict) -> str:
+    """The summary and every load point of a run's JSON as Markdown tables."""
+    m = document["machine"]
+    out = [f"Run of {m['date']}, commit {m['commit']}, ring {m['ring_impl']}, load average "
+           f"{'/'.join(f'{x:.1f}' for x in m['loadavg_at_start'])} at start, "
+           f"{'/'.join(f'{x:.1f}' for x in document['loadavg_at_end'])} at end, {document['elapsed_s']:.0f} s; "
+           f"--retry-after-ms {document['args'].get('retry_after_ms', 0)}.", ""]
+    out += ["| sink | rec/req | conc | ceiling rec/s | ringgate committed rec/s (workers) | baseline committed "
+            "rec/s (workers) | ringgate / ceiling | ringgate / baseline | ringgate p99 ms | ringgate 429 % "
+            "| server CPU s per M records: ceiling / ringgate / baseline |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for r in document["summary"]:
+        fl = f", {r['ringgate_flushers']} fl" if r.get("ringgate_flushers", 1) not in (1, None) else ""
+        cpu = r.get("cpu_s_per_m", {})
+        out.append(
+            f"| {r['sink']} | {r['records_per_request']} | {r['concurrency']} | {_fmt(r['ceiling_per_s'])} | "
+            f"{_fmt(r['ringgate_committed_per_s'])} ({_fmt(r['ringgate_workers'], 'd')}{fl}) | "
+            f"{_fmt(r['baseline_committed_per_s'])} ({_fmt(r['baseline_workers'], 'd')}) | "
+            f"{_fmt(r['ringgate_over_ceiling'], '.2f')} | {_fmt(r['ringgate_over_baseline'], '.2f')} | "
+            f"{_fmt(r['ringgate_p99_ms'], '.1f')} | "
+            f"{_fmt(r['ringgate_429_rate'] if r['ringgate_429_rate'] is None else r['ringgate_429_rate'] * 100, '.1f')} | "
+            + " / ".join(_fmt(cpu.get(k), ".2f") for k in ("ceiling", "ringgate", "baseline")) + " |")
+    if document.get("copy_ceiling"):
+        out += ["", "COPY ceiling (no HTTP; the best is the ceiling above): " + ", ".join(
+            f"{c['when']} the servers, {c['connections']} connection(s): {c['rows_per_s']:,.0f} rows/s "
+            f"(PostgreSQL CPU {_fmt(c['postgres_cpu_s_per_m'], '.2f')} s per M rows)" for c in document["copy_ceiling"])]
+    out += ["", "| sink | server | rec/req | conc | acked rec/s | committed rec/s | p50 ms | p99 ms | 429 % | "
+            "other non-2xx + socket errors | server CPU s/M | of which flusher | PostgreSQL CPU s/M |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for p in document["points"]:
+        out.append(
+            f"| {p['sink']} | {p['server']} | {p['records_per_request']} | {p['concurrency']} | "
+            f"{p['acked_per_s']:,.0f} | {_fmt(p['committed_per_s'])} | {p['p50_ms']:.2f} | {p['p99_ms']:.2f} | "
+            f"{p['rate_429'] * 100:.1f} | {p['status_other'] + p['socket_errors']} | "
+            f"{_fmt(p['server_cpu_s_per_m'], '.2f')} | {_fmt(p.get('flusher_cpu_s_per_m'), '.2f')} | "
+            f"{_fmt(p.get('postgres_cpu_s_per_m'), '.2f')} |")
+    checks = [t for t in document["servers"] if t.get("stored") is not None]
+    if checks:
+        out += ["", "After each server's drain (SIGTERM): " + "; ".join(
+            f"{t['sink']} {t['server']}: acknowledged {t['acked']:,}, stored {t['stored']:,}"
+            f"{' (LOST ' + format(t['lost'], ',') + ')' if t.get('lost') else ''}" for t in checks)
+            + ". Stored may exceed acknowledged by requests in flight when wrk stops (at most concurrency x "
+              "records per load point)."]
+    return "\n".join(out)
+
+
+# -- main ------------------------------------------------------------------------------------------
+
+
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("--sink", action="append", default=None,
+                        help="file (default), postgresql (a throwaway server) or postgresql://...; repeatable")
+    parser.add_argument("--servers", default="ceiling,ringgate,baseline")
+    parser.add_argument("--workers", type=_ints, default=[1, 2], help="worker processes to try: 1,2")
+    parser.add_argument("--flushers", type=_ints, default=[1], help="ringgate flushers to try: 1,2")
+    parser.add_argument("--records", type=_ints, default=[100, 1], help="records per request: 100,1")
+    parser.add_argument("--concurrency", type=_ints, default=[16, 64], help="wrk connections: 16,64")
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per load point")
+    parser.add_argument("--warmup", type=float, default=2.0)
+    parser.add_argument("--repeat", type=int, default=1, help="run the whole sequence this many times (median)")
+    parser.add_argument("--wrk-threads", type=int, default=1)
+    parser.add_argument("--retry-after-ms", type=int, default=0,
+                        help="delay one request by this long per 429, as clients honouring Retry-After do "
+                             "(0: plain closed-loop wrk, the default)")
+    parser.add_argument("--copy-connections", type=_ints, default=[1, 2])
+    parser.add_argument("--drain-timeout", type=float, default=120.0)
+    parser.add_argument("--json-out", default=None)
+    parser.add_argument("--profile", default=None, metavar="DIR", help="py-spy ringgate under load instead")
+    parser.add_argument("--profile-rate", type=int, default=250)
+    parser.add_argument("--profile-native", action="store_true")
+    parser.add_argument("--report", default=None, metavar="JSON",
+                        help="print the Markdown tables of an earlier run's --json-out and exit")
+    args = parser.parse_args(argv)
+    if args.report:
+        print(markdown(json.loads(Path(args.report).read_text())))
+        return 0
+    sinks = args.sink or ["file"]
+    kinds = [k for k in args.servers.split(",") if k]
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk not found: apt-get install -y wrk")
+
+    workdir = tempfile.mkdtemp(prefix="ringgate-e2e-")
+    bodies = {}
+    for n in args.records:
+        path = os.path.join(workdir, f"body-{n}.json")
+        Path(path).write_bytes(make_body(n))
+        bodies[n] = path
+    if args.profile:
+        try:
+            profile(args, bodies, sinks[0])
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+        return 0
+
+    info = machine()
+    info["body_bytes"] = {n: os.path.getsize(p) for n, p in bodies.items()}
+    print(json.dumps(info), flush=True)
+    print(HEADER, flush=True)
+    points: list[Point] = []
+    totals: list[dict] = []
+    copy_ceilings: list[dict] = []
+    started = time.monotonic()
+    try:
+        for rep in range(args.repeat):
+            for sink in sinks:
+                pg = start_postgres(sink) if sink.startswith("postgres") else None
+                label = "file" if pg is None else "postgresql"
+                try:
+                    if pg is not None and "ceiling" in kinds:
+                        # a fresh cluster creates its WAL segments as it goes (later ones recycle):
+                        # warm it up, and measure the ceiling before and after the servers
+                        copy_ceiling(pg, 1, min(args.duration, 5), quiet=True)
+                        for conns in args.copy_connections:
+                            copy_ceilings.append({"repeat": rep, "when": "before",
+                                                  **copy_ceiling(pg, conns, args.duration)})
+                    # servers of the same worker count back to back: drift between them is smallest
+                    for workers in args.workers:
+                        for kind in kinds:
+                            if kind == "ceiling" and pg is not None:
+                                continue  # the PostgreSQL ceiling is the COPY loop above
+                            for flushers in (args.flushers if kind == "ringgate" else [1]):
+                                server = Server(kind, workers, "none" if kind == "ceiling" else
+                                                ("file" if pg is None else pg.url), workdir, flushers=flushers)
+                                try:
+                                    totals.append(load_server(server, args, bodies, label, pg, points))
+                                finally:
+                                    shutil.rmtree(os.path.join(workdir, f"{kind}-{server.port}"),
+                                                  ignore_errors=True)
+                    if pg is not None and "ceiling" in kinds:
+                        for conns in args.copy_connections:
+                            copy_ceilings.append({"repeat": rep, "when": "after",
+                                                  **copy_ceiling(pg, conns, args.duration)})
+                finally:
+                    if pg is not None:
+                        pg.stop()
+    finally:
+        elapsed = time.monotonic() - started
+        rows, lines = summarize(points, copy_ceilings)
+        print("\nBest worker count per server and load point (committed records/s; the bare Granian "
+              "ceiling stores nothing: acknowledged)")
+        print("\n".join(lines))
+        if copy_ceilings:
+            print("COPY ceiling: " + ", ".join(f"{c['when']}: {c['connections']} conn {c['rows_per_s']:,.0f} rows/s"
+                                              for c in copy_ceilings) + " (the best is the ceiling)")
+        for t in totals:
+            if t.get("lost") or t.get("extra", 0) > t.get("extra_allowed", 0) or not t["clean_exit"]:
+                print(f"WARNING {t}")
+        document = {"machine": info, "args": {k: v for k, v in vars(args).items()}, "elapsed_s": round(elapsed, 1),
+                    "summary": rows, "copy_ceiling": copy_ceilings, "servers": totals,
+                    "points": [asdict(p) for p in points], "loadavg_at_end": os.getloadavg()}
+        text = json.dumps(document, indent=1, default=str)
+        print(text)
+        if args.json_out:
+            Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json_out).write_text(text)
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,63 @@
+-- wrk script for bench/e2e.py: POST the body in $WRK_BODY_FILE as application/json, count the
+-- responses by status (wrk itself only counts non-2xx as "errors"), and print one JSON line
+-- starting with "RESULT " with the counts and the latency percentiles (µs).
+-- With $WRK_RETRY_AFTER_MS set, every 429 delays one following request by that long, as a client
+-- honouring Retry-After would (wrk otherwise resends at once: a closed loop that turns a fast 429
+-- into a busy loop on a machine the sink shares).
+local path = os.getenv("WRK_BODY_FILE")
+local f = assert(io.open(path, "rb"), "WRK_BODY_FILE must name a readable file")
+wrk.method = "POST"
+wrk.body = f:read("*a")
+f:close()
+wrk.headers["Content-Type"] = "application/json"
+
+local threads = {}
+
+function setup(thread)
+  table.insert(threads, thread)
+end
+
+function init(args)
+  statuses = {}
+  backoff = 0
+end
+
+function response(status, headers, body)
+  statuses[status] = (statuses[status] or 0) + 1
+  if status == 429 then
+    backoff = backoff + 1
+  end
+end
+
+local retry_after_ms = tonumber(os.getenv("WRK_RETRY_AFTER_MS") or "")
+if retry_after_ms and retry_after_ms > 0 then
+  function delay()
+    if backoff > 0 then
+      backoff = backoff - 1
+      return retry_after_ms
+    end
+    return 0
+  end
+end
+
+function done(summary, latency, requests)
+  local counts = {}
+  for _, thread in ipairs(threads) do
+    for status, n in pairs(thread:get("statuses")) do
+      counts[status] = (counts[status] or 0) + n
+    end
+  end
+  local parts = {}
+  for status, n in pairs(counts) do
+    table.insert(parts, string.format('"%d": %d', status, n))
+  end
+  local e = summary.errors
+  io.write(string.format(
+    'RESULT {"requests": %d, "duration_us": %d, "bytes": %d, "statuses": {%s}, ' ..
+    '"errors": {"connect": %d, "read": %d, "write": %d, "status": %d, "timeout": %d}, ' ..
+    '"latency_us": {"mean": %.1f, "p50": %d, "p90": %d, "p99": %d, "p999": %d, "max": %d}}\n',
+    summary.requests, summary.duration, summary.bytes, table.concat(parts, ", "),
+    e.connect, e.read, e.write, e.status, e.timeout,
+    latency.mean, latency:percentile(50), latency:percentile(90), latency:percentile(99),
+    latency:percentile(99.9), latency.max))
+end
