@@ -800,3 +800,13 @@ def test_depth_checks_in_small_chunks(monkeypatch):
     body = b'{"records":[{"a":"x,y"},{"b":[1,2]},{"c":"\\\\"},' + b"[" * 5000 + b"]" * 5000 + b"]}"
     error = fails(body)
     assert error.code == "too_deep" and "record 3" in error.detail
+
+
+@pytest.mark.parametrize("count", [2, 50])  # the few-records path and the numpy path
+def test_record_too_large_wins_over_not_an_object_whatever_the_count(count):
+    records = [b"1"] + [b'{"a":"' + b"x" * 100 + b'"}'] * (count - 1)
+    body = b"[" + b",".join(records) + b"]"
+    with pytest.raises(IngestError) as info:
+        decode_body(body, BodyFormat.JSON, Encoding.IDENTITY, max_body_bytes=1 << 20, max_record_bytes=50)
+    assert (info.value.status, info.value.code) == (413, "record_too_large")
+    assert "record 1" in info.value.detail
