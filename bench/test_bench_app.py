@@ -34,6 +34,7 @@ sys.path.insert(0, str(BENCH))
 sys.path.insert(0, str(BENCH / "baselines"))
 
 import bare_granian  # noqa: E402
+from _report import write_report  # noqa: E402
 from e2e import make_body  # noqa: E402
 
 from ringgate.ingest import BodyFormat, Encoding, decode_body  # noqa: E402
@@ -193,9 +194,4 @@ def _summary(request):
         extra = f"{us - bare:+.1f}" if bare and name.startswith("ringgate") else ""
         lines.append(f"{name:50} {us:11.2f} {extra:>10}")
     lines.append(json.dumps({"us_per_request": {k: round(v, 2) for k, v in _results.items()}}))
-    plugins = request.config.pluginmanager
-    reporter = plugins.get_plugin("terminalreporter")
-    capture = plugins.get_plugin("capturemanager")
-    if reporter is not None and capture is not None:
-        with capture.global_and_fixture_disabled():
-            reporter.write_line("\n".join(lines))
+    write_report(request.config, lines)

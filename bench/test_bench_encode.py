@@ -27,6 +27,7 @@ import tempfile
 
 import msgspec
 import pytest
+from _report import write_report  # noqa: E402
 
 from ringgate.sinks.base import Batch
 from ringgate.sinks.objstore import ObjectStoreSink
@@ -158,9 +159,4 @@ def _summary(request):
                      "open/write/os.replace of the same bytes")
     lines.append(json.dumps({"seconds_per_batch": {k: round(v, 6) for k, v in _results.items()},
                              "ratios": {k: round(v, 2) for k, v in ratios.items()}}))
-    plugins = request.config.pluginmanager
-    reporter = plugins.get_plugin("terminalreporter")
-    capture = plugins.get_plugin("capturemanager")
-    if reporter is not None and capture is not None:
-        with capture.global_and_fixture_disabled():
-            reporter.write_line("\n".join(lines))
+    write_report(request.config, lines)

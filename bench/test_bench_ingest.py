@@ -19,6 +19,7 @@ import random
 
 import msgspec
 import pytest
+from _report import write_report  # noqa: E402
 
 from ringgate.ingest import BodyFormat, Encoding, decode_body
 
@@ -102,13 +103,7 @@ def _summary(request):
     for name, seconds in _results.items():
         ratio = f"{baseline / seconds:.2f}x" if baseline else "-"
         lines.append(f"{name:40} {seconds * 1e6:9.1f} {COUNT / seconds:12,.0f} {ratio:>12}")
-    plugins = request.config.pluginmanager
-    reporter = plugins.get_plugin("terminalreporter")
-    capture = plugins.get_plugin("capturemanager")
-    if reporter is not None and capture is not None:
-        # Teardown output is captured (at the fd level) and dropped for passing tests.
-        with capture.global_and_fixture_disabled():
-            reporter.write_line("\n".join(lines))
+    write_report(request.config, lines)
 
 
 def _record(benchmark, name: str) -> None:

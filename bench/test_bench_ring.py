@@ -36,6 +36,7 @@ import time
 
 import numpy as np
 import pytest
+from _report import write_report  # noqa: E402
 
 from ringgate.ring import ReadBuffers, Ring
 from ringgate.ring import layout as L
@@ -329,9 +330,4 @@ def _summary(request):
         lines += [f"{name:52} {ratio:13.1f}" for name, ratio in ratios.items()]
     lines.append(json.dumps({"records_per_s": {k: round(v) for k, v in _results.items()},
                              "ratios": {k: round(v, 2) for k, v in ratios.items()}}))
-    plugins = request.config.pluginmanager
-    reporter = plugins.get_plugin("terminalreporter")
-    capture = plugins.get_plugin("capturemanager")
-    if reporter is not None and capture is not None:
-        with capture.global_and_fixture_disabled():
-            reporter.write_line("\n".join(lines))
+    write_report(request.config, lines)
