@@ -1,0 +1,56 @@
+"""Settings: defaults, units, the rules a bad value breaks, and the hand-down to children."""
+
+from __future__ import annotations
+
+import pytest
+
+from ringgate.config import Settings
+from ringgate.errors import ConfigurationError
+
+
+def test_defaults_follow_the_contract():
+    s = Settings.from_environ({})
+    assert (s.host, s.port, s.flushers, s.ring_bytes) == ("127.0.0.1", 8080, 1, 64 << 20)
+    assert (s.batch_records, s.batch_bytes, s.flush_interval_ms) == (10_000, 8 << 20, 200)
+    assert (s.sink, s.dlq) == ("file://./ringgate-data", "file://./ringgate-dead-letter")
+    assert (s.max_body_bytes, s.max_record_bytes, s.worker_inflight_bytes) == (16 << 20, 1 << 20, 64 << 20)
+    assert (s.unblock_ms, s.retry_base_ms, s.retry_max_ms, s.ack_timeout_ms) == (1000, 100, 30_000, 30_000)
+    assert s.instance == "ringgate-8080" and s.api_keys == ()
+
+
+def test_sizes_take_binary_units():
+    s = Settings.from_environ({"RINGGATE_RING_BYTES": "16MiB", "RINGGATE_BATCH_BYTES": "512KiB",
+                               "RINGGATE_MAX_BODY_BYTES": "1 MiB"})
+    assert (s.ring_bytes, s.batch_bytes, s.max_body_bytes) == (16 << 20, 512 << 10, 1 << 20)
+
+
+def test_a_small_ring_lowers_the_default_record_limit_but_refuses_an_explicit_one_too_big():
+    assert Settings.from_environ({"RINGGATE_RING_BYTES": "1MiB"}).max_record_bytes == (1 << 20) // 8 - 16
+    with pytest.raises(ConfigurationError, match="RINGGATE_MAX_RECORD_BYTES must be at most"):
+        Settings.from_environ({"RINGGATE_RING_BYTES": "1MiB", "RINGGATE_MAX_RECORD_BYTES": "1MiB"})
+
+
+@pytest.mark.parametrize("name,value,message", [
+    ("RINGGATE_FLUSHERS", "0", "RINGGATE_FLUSHERS must be at least 1: 0"),
+    ("RINGGATE_RETRY_MAX_MS", "10", "RINGGATE_RETRY_MAX_MS must be at least RINGGATE_RETRY_BASE_MS (100): 10"),
+    ("RINGGATE_INSTANCE", "a/b", "RINGGATE_INSTANCE must be letters"),
+    ("RINGGATE_OBJECT_PART_BYTES", "1MiB", "RINGGATE_OBJECT_PART_BYTES must be at least 5242880"),
+    ("RINGGATE_IMPL", "rust", "RINGGATE_IMPL must be one of native, python"),
+    ("RINGGATE_PG_TABLE", "drop table", "RINGGATE_PG_TABLE must be [schema.]table"),
+])
+def test_a_bad_value_names_the_variable_the_value_and_the_rule(name, value, message):
+    with pytest.raises(ConfigurationError) as info:
+        Settings.from_environ({name: value})
+    assert message in str(info.value)
+
+
+def test_api_keys_are_split_and_trimmed():
+    assert Settings.from_environ({"RINGGATE_API_KEYS": " a, b ,,c"}).api_keys == ("a", "b", "c")
+
+
+def test_children_get_exactly_what_the_supervisor_validated(monkeypatch):
+    s = Settings.from_environ({"RINGGATE_PORT": "9000", "RINGGATE_API_KEYS": "k"})
+    for key, value in s.to_child_environ().items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("RINGGATE_PORT", "1")  # ignored by a child: the handed-down settings win
+    assert Settings.from_child_environ() == s
