@@ -36,7 +36,7 @@ class DeadLetterFailure(RinggateError):
 
 
 def backoff_s(attempt: int, base_ms: int, max_ms: int, rng: random.Random) -> float:
-    """Exponential backoff with full jitter (attempt 1 → up to base, doubling up to max)."""
+    """Exponential backoff with jitter: between half and all of base·2^(attempt-1), capped at max."""
     ceiling = min(max_ms, base_ms * (1 << min(attempt - 1, 30)))
     return rng.uniform(ceiling / 2, ceiling) / 1000
 
