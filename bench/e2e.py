@@ -3,6 +3,7 @@
     python bench/e2e.py                                   # files: bare Granian, ringgate, FastAPI
     python bench/e2e.py --sink file --sink postgresql     # + PostgreSQL (a throwaway server)
     python bench/e2e.py --sink postgresql://user@127.0.0.1:5432/db   # an existing server
+    python bench/e2e.py --sink file --sink s3             # + S3 protocol (a throwaway moto server)
     python bench/e2e.py --profile /tmp/prof               # py-spy over ringgate under load
 
 Servers (each on loopback, started, loaded, stopped and drained before the next one starts):
@@ -10,8 +11,13 @@ Servers (each on loopback, started, loaded, stopped and drained before the next 
   into `Struct(records: list[Raw])` and answering 202; no sink.
 - ceiling (PostgreSQL): a bare COPY loop, no HTTP: 10,000-row binary COPY transactions of a
   pre-encoded buffer into a table with ringgate's columns, from 1 and from 2 connections.
+- ceiling (S3): the same bare Granian ceiling (taken from the file pass when --sink file runs too).
 - ringgate: `ringgate serve` (RINGGATE_WORKERS from --workers, default 1 and 2; the best is named).
-- baseline: `bench/baselines/fastapi_queue.py` on uvicorn workers (uvloop, httptools).
+- baseline: `bench/baselines/fastapi_queue.py` on uvicorn workers (uvloop, httptools); none for S3.
+
+S3: `RINGGATE_SINK=s3://<bucket>/bench` (a fresh bucket per server) against moto's standalone
+server, started as the integration tests start it (`tests/fixtures/s3.py`, its own process).
+moto is slow (~90 MB/s) and shares the cores: the S3 rows measure moto as much as ringgate.
 
 Load: wrk (apt-get install -y wrk) with bench/post.lua, POSTing `{"records": [...]}` bodies of
 100 records of ~129 bytes (12.9 KB) and of 1 record, at each --concurrency, --duration seconds
@@ -19,7 +25,8 @@ each, after a short warm-up. Per load point:
 - acknowledged records/s: 2xx responses (counted by status in the Lua `response()` hook) x records
   per request / wrk's duration; 429s and other non-2xx counted apart;
 - committed records/s: records that reached the sink during the load window (NDJSON lines in
-  the files whose final name appeared, or `count(*)` of the table, sampled right before wrk starts
+  the files whose final name appeared or in the objects listed under the prefix, or `count(*)` of
+  the table, sampled right before wrk starts
   and right after it ends) / the window. Between load points the run waits until everything
   acknowledged so far is committed, so every window starts empty;
 - p50/p99 latency (wrk), the 429 rate, and the CPU seconds the server's processes used per
@@ -252,6 +259,60 @@ def start_postgres(url: str) -> Postgres:
     return Postgres(server.url, server)
 
 
+class S3Counter:
+    """NDJSON lines in the objects under a bucket's prefix. An object is listed only once its PUT (or
+    multipart upload) completed, and is never changed afterwards but rewritten whole with the same
+    content, so each key is read and counted once, when first listed."""
+
+    def __init__(self, s3: S3, bucket: str, prefix: str) -> None:
+        self.client = s3.server.client
+        self.bucket = bucket
+        self.prefix = prefix
+        self.seen: set[str] = set()
+        self.total = 0
+
+    def count(self) -> int:
+        new = []
+        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self.prefix):
+            new += [item["Key"] for item in page.get("Contents", []) if item["Key"] not in self.seen]
+        for key in new:
+            self.total += self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read().count(b"\n")
+            self.seen.add(key)
+        return self.total
+
+    def drop(self) -> None:
+        """Delete the bucket and its objects (moto keeps them in memory)."""
+        keys = []
+        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket):
+            keys += [item["Key"] for item in page.get("Contents", [])]
+        for i in range(0, len(keys), 1000):
+            self.client.delete_objects(Bucket=self.bucket,
+                                       Delete={"Objects": [{"Key": k} for k in keys[i:i + 1000]], "Quiet": True})
+        self.client.delete_bucket(Bucket=self.bucket)
+
+
+@dataclass
+class S3:
+    server: object  # tests.fixtures.s3.S3Server: a moto server process on loopback
+
+    def cpu_seconds(self) -> float:
+        return cpu_seconds([self.server._proc.pid])
+
+    def stop(self) -> None:
+        self.server.stop()
+
+
+def start_s3() -> S3:
+    sys.path.insert(0, str(ROOT))
+    from tests.fixtures.s3 import S3Server  # the integration tests' moto server (its own process)
+
+    server = S3Server()
+    import moto
+
+    print(f"s3: moto {moto.__version__} at {server.endpoint}", flush=True)
+    return S3(server)
+
+
 # -- servers ---------------------------------------------------------------------------------------
 
 
@@ -259,12 +320,13 @@ def start_postgres(url: str) -> Postgres:
 class Server:
     kind: str  # "ceiling" | "ringgate" | "baseline"
     workers: int
-    sink: str  # "none" | "file" | a postgresql:// URL
+    sink: str  # "none" | "file" | "s3" | a postgresql:// URL
     workdir: str
     flushers: int = 1
+    s3: S3 | None = None  # the moto server when sink == "s3"
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen | None = None
-    counter: FileCounter | PgCounter | None = None
+    counter: FileCounter | PgCounter | S3Counter | None = None
     log_path: str = ""
     table: str = ""
 
@@ -279,6 +341,10 @@ class Server:
         env = dict(os.environ)
         pg = self.sink.startswith("postgres")
         self.table = f"bench_{self.kind}_events"
+        bucket = f"bench-{self.kind}-{self.port}"
+        if self.sink == "s3":
+            self.s3.server.make_bucket(bucket)
+            env.update(self.s3.server.env)
         if self.kind == "ceiling":
             cmd = [sys.executable, "-m", "granian", "--interface", "asgi", "--loop", "uvloop",
                    "--workers", str(self.workers), "--host", "127.0.0.1", "--port", str(self.port),
@@ -290,7 +356,8 @@ class Server:
                 "RINGGATE_WORKERS": str(self.workers),
                 "RINGGATE_FLUSHERS": str(self.flushers),
                 "RINGGATE_INSTANCE": f"bench-e2e-{self.port}",
-                "RINGGATE_SINK": self.sink if pg else f"file://{data}/sink",
+                "RINGGATE_SINK": (self.sink if pg else f"s3://{bucket}/bench" if self.sink == "s3"
+                                  else f"file://{data}/sink"),
                 "RINGGATE_PG_TABLE": self.table,
                 "RINGGATE_DLQ": f"file://{data}/dead-letter",
                 "RINGGATE_LOG_LEVEL": "warning",
@@ -309,6 +376,8 @@ class Server:
             self.counter.drop()
         elif self.sink == "file":
             self.counter = FileCounter(f"{data}/sink")
+        elif self.sink == "s3":
+            self.counter = S3Counter(self.s3, bucket, "bench/")
         self.log_path = os.path.join(self.workdir, f"{self.kind}-{self.port}.log")
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(cmd, env=env, cwd=data, stdout=log, stderr=subprocess.STDOUT,
@@ -405,6 +474,7 @@ class Point:
     server_cpu_s_per_m: float | None = None  # server CPU seconds per million acknowledged records
     flusher_cpu_s_per_m: float | None = None  # the part of server_cpu_s_per_m ringgate's flushers used
     postgres_cpu_s_per_m: float | None = None
+    moto_cpu_s_per_m: float | None = None  # the S3 server's (moto's) CPU seconds per million acknowledged records
     drained_s: float | None = None  # time after the window until everything acknowledged was stored
     statuses: dict = field(default_factory=dict)
 
@@ -420,7 +490,7 @@ def wait_committed(server: Server, target: int, timeout: float) -> tuple[int, fl
         time.sleep(0.2)
 
 
-def load_server(server: Server, args, bodies: dict[int, str], sink_label: str, pg: Postgres | None,
+def load_server(server: Server, args, bodies: dict[int, str], sink_label: str, pg: Postgres | S3 | None,
                 results: list[Point]) -> dict:
     """Start, warm up, run every load point, stop; returns the server's totals."""
     print(f"\n== {sink_label}: {server.label} on port {server.port}", flush=True)
@@ -465,7 +535,9 @@ def load_server(server: Server, args, bodies: dict[int, str], sink_label: str, p
                     point.server_cpu_s_per_m = (cpu1 - cpu0) / (ok * n) * 1e6
                     if flushers:
                         point.flusher_cpu_s_per_m = (fl1 - fl0) / (ok * n) * 1e6
-                    if pg is not None and pg.server is not None:
+                    if isinstance(pg, S3):
+                        point.moto_cpu_s_per_m = (pg1 - pg0) / (ok * n) * 1e6
+                    elif pg is not None and pg.server is not None:
                         point.postgres_cpu_s_per_m = (pg1 - pg0) / (ok * n) * 1e6
                 acked += ok * n
                 in_flight += c * n
@@ -490,6 +562,8 @@ def load_server(server: Server, args, bodies: dict[int, str], sink_label: str, p
     if isinstance(server.counter, PgCounter):
         server.counter.drop()
         server.counter.close()
+    elif isinstance(server.counter, S3Counter):
+        server.counter.drop()
     return totals
 
 
@@ -559,19 +633,24 @@ def copy_ceiling(pg: Postgres, connections: int, seconds: float, quiet: bool = F
 # -- report ----------------------------------------------------------------------------------------
 
 
+def _first(*values):
+    return next((v for v in values if v is not None), None)
+
+
 def _fmt(value, spec: str = ",.0f") -> str:
     return "-" if value is None else format(value, spec)
 
 
 HEADER = (f"   {'server':22} {'rec/req':>7} {'conc':>4} {'acked rec/s':>12} {'committed/s':>12} "
-          f"{'p50 ms':>7} {'p99 ms':>7} {'429 %':>6} {'other':>6} {'cpu s/M':>7} {'flusher':>7} {'pg s/M':>7}")
+          f"{'p50 ms':>7} {'p99 ms':>7} {'429 %':>6} {'other':>6} {'cpu s/M':>7} {'flusher':>7} {'pg s/M':>7} {'moto s/M':>8}")
 
 
 def _row(p: Point) -> str:
     return (f"   {p.server:22} {p.records_per_request:7d} {p.concurrency:4d} {p.acked_per_s:12,.0f} "
             f"{_fmt(p.committed_per_s):>12} {p.p50_ms:7.2f} {p.p99_ms:7.2f} {p.rate_429 * 100:6.1f} "
             f"{p.status_other + p.socket_errors:6d} {_fmt(p.server_cpu_s_per_m, '.2f'):>7} "
-            f"{_fmt(p.flusher_cpu_s_per_m, '.2f'):>7} {_fmt(p.postgres_cpu_s_per_m, '.2f'):>7}")
+            f"{_fmt(p.flusher_cpu_s_per_m, '.2f'):>7} {_fmt(p.postgres_cpu_s_per_m, '.2f'):>7} "
+            f"{_fmt(p.moto_cpu_s_per_m, '.2f'):>8}")
 
 
 def _median_points(points: list[Point]) -> list[Point]:
@@ -598,21 +677,22 @@ def summarize(points: list[Point], copy_ceilings: list[dict]) -> tuple[list[dict
         if key not in best or _score(p) > _score(best[key]):
             best[key] = p
     loads = sorted({(p.sink, p.records_per_request, p.concurrency) for p in points},
-                   key=lambda k: (k[0] != "file", -k[1], k[2]))
+                   key=lambda k: (SINK_ORDER.get(k[0], len(SINK_ORDER)), -k[1], k[2]))
     copy_best = max((c["rows_per_s"] for c in copy_ceilings), default=None)
     rows, lines = [], []
+    ceil_point = None
     lines.append(f"{'sink':10} {'rec/req':>7} {'conc':>4} {'ceiling':>12} {'ringgate':>12} {'(workers)':>9} "
                  f"{'baseline':>12} {'(workers)':>9} {'rg/ceiling':>10} {'rg/baseline':>11} {'rg p99 ms':>9} "
                  f"{'rg 429 %':>8}  server CPU s per M records: ceiling/ringgate/baseline")
     for sink, n, c in loads:
         rg = best.get((sink, "ringgate", n, c))
         base = best.get((sink, "baseline", n, c))
-        if sink == "file":
-            ceil_point = best.get((sink, "ceiling", n, c))
+        if sink in ("file", "s3"):  # S3: the same bare Granian ceiling (from the file pass if it ran)
+            ceil_point = best.get((sink, "ceiling", n, c)) or best.get(("file", "ceiling", n, c))
             ceiling = ceil_point.acked_per_s if ceil_point else None
             ceiling_workers = ceil_point.workers if ceil_point else None
         else:
-            ceiling, ceiling_workers = copy_best, None
+            ceiling, ceiling_workers, ceil_point = copy_best, None, None
         row = {
             "sink": sink, "records_per_request": n, "concurrency": c,
             "ceiling_per_s": ceiling, "ceiling_workers": ceiling_workers,
@@ -623,7 +703,7 @@ def summarize(points: list[Point], copy_ceilings: list[dict]) -> tuple[list[dict
             "baseline_workers": base.workers if base else None,
             "ringgate_p99_ms": rg.p99_ms if rg else None, "ringgate_429_rate": rg.rate_429 if rg else None,
             "cpu_s_per_m": {name: p.server_cpu_s_per_m for name, p in
-                            (("ceiling", best.get((sink, "ceiling", n, c))), ("ringgate", rg), ("baseline", base)) if p},
+                            (("ceiling", ceil_point), ("ringgate", rg), ("baseline", base)) if p},
         }
         row["ringgate_over_ceiling"] = (row["ringgate_committed_per_s"] / ceiling
                                         if rg and ceiling else None)
@@ -639,6 +719,9 @@ def summarize(points: list[Point], copy_ceilings: list[dict]) -> tuple[list[dict
             + "/".join(_fmt(row["cpu_s_per_m"].get(k), ".2f") for k in ("ceiling", "ringgate", "baseline"))
         )
     return rows, lines
+
+
+SINK_ORDER = {"file": 0, "postgresql": 1, "s3": 2}
 
 
 def _workers(p: Point | None) -> str:
@@ -791,14 +874,18 @@ def markdown(document: dict) -> str:
             "rec/s (workers) | ringgate / ceiling | ringgate / baseline | ringgate p99 ms | ringgate 429 % "
             "| server CPU s per M records: ceiling / ringgate / baseline |",
             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
-    for r in document["summary"]:
+    # the summary again from the stored points, so that an earlier run's JSON reads as this code summarizes
+    rows, _ = summarize([Point(**p) for p in document["points"]], document.get("copy_ceiling") or [])
+    for r in rows:
+        no_baseline = r["sink"] == "s3" and r["baseline_committed_per_s"] is None
         fl = f", {r['ringgate_flushers']} fl" if r.get("ringgate_flushers", 1) not in (1, None) else ""
         cpu = r.get("cpu_s_per_m", {})
         out.append(
             f"| {r['sink']} | {r['records_per_request']} | {r['concurrency']} | {_fmt(r['ceiling_per_s'])} | "
             f"{_fmt(r['ringgate_committed_per_s'])} ({_fmt(r['ringgate_workers'], 'd')}{fl}) | "
-            f"{_fmt(r['baseline_committed_per_s'])} ({_fmt(r['baseline_workers'], 'd')}) | "
-            f"{_fmt(r['ringgate_over_ceiling'], '.2f')} | {_fmt(r['ringgate_over_baseline'], '.2f')} | "
+            + ("none for S3 | " if no_baseline else
+               f"{_fmt(r['baseline_committed_per_s'])} ({_fmt(r['baseline_workers'], 'd')}) | ")
+            + f"{_fmt(r['ringgate_over_ceiling'], '.2f')} | {_fmt(r['ringgate_over_baseline'], '.2f')} | "
             f"{_fmt(r['ringgate_p99_ms'], '.1f')} | "
             f"{_fmt(r['ringgate_429_rate'] if r['ringgate_429_rate'] is None else r['ringgate_429_rate'] * 100, '.1f')} | "
             + " / ".join(_fmt(cpu.get(k), ".2f") for k in ("ceiling", "ringgate", "baseline")) + " |")
@@ -807,7 +894,7 @@ def markdown(document: dict) -> str:
             f"{c['when']} the servers, {c['connections']} connection(s): {c['rows_per_s']:,.0f} rows/s "
             f"(PostgreSQL CPU {_fmt(c['postgres_cpu_s_per_m'], '.2f')} s per M rows)" for c in document["copy_ceiling"])]
     out += ["", "| sink | server | rec/req | conc | acked rec/s | committed rec/s | p50 ms | p99 ms | 429 % | "
-            "other non-2xx + socket errors | server CPU s/M | of which flusher | PostgreSQL CPU s/M |",
+            "other non-2xx + socket errors | server CPU s/M | of which flusher | PostgreSQL / moto CPU s/M |",
             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for p in document["points"]:
         out.append(
@@ -815,7 +902,7 @@ def markdown(document: dict) -> str:
             f"{p['acked_per_s']:,.0f} | {_fmt(p['committed_per_s'])} | {p['p50_ms']:.2f} | {p['p99_ms']:.2f} | "
             f"{p['rate_429'] * 100:.1f} | {p['status_other'] + p['socket_errors']} | "
             f"{_fmt(p['server_cpu_s_per_m'], '.2f')} | {_fmt(p.get('flusher_cpu_s_per_m'), '.2f')} | "
-            f"{_fmt(p.get('postgres_cpu_s_per_m'), '.2f')} |")
+            f"{_fmt(_first(p.get('postgres_cpu_s_per_m'), p.get('moto_cpu_s_per_m')), '.2f')} |")
     checks = [t for t in document["servers"] if t.get("stored") is not None]
     if checks:
         out += ["", "After each server's drain (SIGTERM): " + "; ".join(
@@ -837,7 +924,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("--sink", action="append", default=None,
-                        help="file (default), postgresql (a throwaway server) or postgresql://...; repeatable")
+                        help="file (default), postgresql (a throwaway server), postgresql://..., or s3 (a throwaway moto "
+                             "server; no FastAPI baseline); repeatable")
     parser.add_argument("--servers", default="ceiling,ringgate,baseline")
     parser.add_argument("--workers", type=_ints, default=[1, 2], help="worker processes to try: 1,2")
     parser.add_argument("--flushers", type=_ints, default=[1], help="ringgate flushers to try: 1,2")
@@ -891,10 +979,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for rep in range(args.repeat):
             for sink in sinks:
-                pg = start_postgres(sink) if sink.startswith("postgres") else None
-                label = "file" if pg is None else "postgresql"
+                pg = (start_postgres(sink) if sink.startswith("postgres") else start_s3() if sink == "s3"
+                      else None)
+                label = "s3" if isinstance(pg, S3) else "file" if pg is None else "postgresql"
                 try:
-                    if pg is not None and "ceiling" in kinds:
+                    if isinstance(pg, Postgres) and "ceiling" in kinds:
                         # a fresh cluster creates its WAL segments as it goes (later ones recycle):
                         # warm it up, and measure the ceiling before and after the servers
                         copy_ceiling(pg, 1, min(args.duration, 5), quiet=True)
@@ -904,17 +993,21 @@ def main(argv: list[str] | None = None) -> int:
                     # servers of the same worker count back to back: drift between them is smallest
                     for workers in args.workers:
                         for kind in kinds:
-                            if kind == "ceiling" and pg is not None:
-                                continue  # the PostgreSQL ceiling is the COPY loop above
+                            if kind == "ceiling" and (isinstance(pg, Postgres) or (label == "s3" and "file" in sinks)):
+                                continue  # the PostgreSQL ceiling is the COPY loop; S3's the file pass's Granian
+                            if kind == "baseline" and label == "s3":
+                                continue  # no FastAPI baseline for S3
                             for flushers in (args.flushers if kind == "ringgate" else [1]):
                                 server = Server(kind, workers, "none" if kind == "ceiling" else
-                                                ("file" if pg is None else pg.url), workdir, flushers=flushers)
+                                                label if pg is None or label == "s3" else pg.url, workdir,
+                                                flushers=flushers, s3=pg if label == "s3" else None)
                                 try:
-                                    totals.append(load_server(server, args, bodies, label, pg, points))
+                                    totals.append(load_server(server, args, bodies, label,
+                                                              None if kind == "ceiling" else pg, points))
                                 finally:
                                     shutil.rmtree(os.path.join(workdir, f"{kind}-{server.port}"),
                                                   ignore_errors=True)
-                    if pg is not None and "ceiling" in kinds:
+                    if isinstance(pg, Postgres) and "ceiling" in kinds:
                         for conns in args.copy_connections:
                             copy_ceilings.append({"repeat": rep, "when": "after",
                                                   **copy_ceiling(pg, conns, args.duration)})
