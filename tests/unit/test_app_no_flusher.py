@@ -1,0 +1,67 @@
+"""503 no_flusher: a ring whose flusher has been gone past the grace period takes no records.
+
+Drives the ASGI app in-process against a real ring (no supervisor could keep a flusher dead long
+enough: it restarts one within a second)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+@pytest.fixture
+def app_with_ring(monkeypatch):
+    instance = f"rgnoflusher{os.getpid()}"
+    monkeypatch.setenv("RINGGATE_INSTANCE", instance)
+    monkeypatch.delenv("RINGGATE_SETTINGS_JSON", raising=False)
+    from ringgate.metrics import Metrics
+    from ringgate.ring import Ring, segment_name
+
+    ring = Ring.create(segment_name(instance, 0), 1 << 20)
+    Metrics.create(instance)
+    sys.modules.pop("ringgate.app", None)  # settings are read at import
+    import ringgate.app as app_module
+
+    app_module.gateway.start()
+    yield app_module, ring
+    app_module.gateway.rings[0].close()
+    sys.modules.pop("ringgate.app", None)
+    ring.close()
+    ring.unlink()
+    Metrics.unlink(instance)
+
+
+def post(app, body: bytes) -> tuple[int, dict]:
+    messages = []
+
+    async def receive():
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message):
+        messages.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/v1/ingest", "query_string": b"",
+             "headers": [(b"content-type", b"application/json")]}
+    asyncio.run(app(scope, receive, send))
+    return messages[0]["status"], json.loads(messages[1]["body"])
+
+
+def test_records_go_in_while_the_flusher_lives_or_was_just_lost_then_503(app_with_ring, monkeypatch):
+    app_module, ring = app_with_ring
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    ring.flusher_pid = os.getpid()  # alive
+    assert post(app_module.app, b'[{"a":1}]')[0] == 202
+    ring.flusher_pid = dead.pid  # gone: the supervisor is restarting it, the ring keeps records
+    app_module.gateway._flusher_seen.clear()
+    assert post(app_module.app, b'[{"a":2}]')[0] == 202
+    monkeypatch.setattr(app_module, "FLUSHER_GRACE_S", 0.0)  # ... for longer than the grace period
+    app_module.gateway._flusher_seen.clear()
+    status, body = post(app_module.app, b'[{"a":3}]')
+    assert status == 503 and body["error"] == "no_flusher"
+    assert ring.producer_position > 0 and post(app_module.app, b"[1]")[0] == 400  # checks come first
