@@ -65,3 +65,26 @@ def test_records_go_in_while_the_flusher_lives_or_was_just_lost_then_503(app_wit
     status, body = post(app_module.app, b'[{"a":3}]')
     assert status == 503 and body["error"] == "no_flusher"
     assert ring.producer_position > 0 and post(app_module.app, b"[1]")[0] == 400  # checks come first
+
+
+def test_readyz_names_a_ring_without_a_live_flusher(app_with_ring):
+    app_module, ring = app_with_ring
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    ring.flusher_pid = dead.pid
+    app_module.gateway._flusher_seen.clear()
+    messages = []
+
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message):
+        messages.append(message)
+
+    scope = {"type": "http", "method": "GET", "path": "/readyz", "raw_path": b"/readyz", "root_path": "",
+             "query_string": b"", "headers": [], "scheme": "http", "server": ("127.0.0.1", 80)}
+    asyncio.run(app_module.app(scope, receive, send))
+    body = json.loads(messages[1]["body"])
+    assert messages[0]["status"] == 503
+    assert body["status"] == "not_ready" and "ring 0: no flusher alive" in body["reasons"]
+    assert body["rings"][0]["flusher_pid"] == dead.pid
