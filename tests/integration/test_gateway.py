@@ -78,11 +78,13 @@ def test_every_body_format_lands_semantically_equal(make_gateway):
         (b'[{"big":"' + b"x" * 70_000 + b'"}]', {}, 413, "record_too_large", ""),
     ],
 )
-def test_client_errors_name_what_and_where(make_gateway, body, headers, status, code, detail_has, request):
+def test_client_errors_name_what_and_where(body, headers, status, code, detail_has, request):
     gw = request.getfixturevalue("shared_gateway")
     h = {"Content-Type": "application/json", **headers}
+    before = gw.get("/readyz").json()["rings"][0]["producer_position"]
     resp = gw.post(body, content_type=h.pop("Content-Type"), headers=h)
     assert resp.status == status, resp.body
+    assert gw.get("/readyz").json()["rings"][0]["producer_position"] == before  # nothing entered the ring
     err = resp.json()
     assert err["error"] == code
     assert detail_has in err["detail"]
