@@ -73,6 +73,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
                 f"RINGGATE_MAX_RECORD_BYTES must be at most RINGGATE_RING_BYTES/8 minus the 16-byte "
                 f"record header ({record_limit}): {max_record}"
             )
+        inflight = r.int("RINGGATE_WORKER_INFLIGHT_BYTES", 4 * max_body, lo=1)
+        if inflight < max_body:
+            raise ConfigurationError(
+                f"RINGGATE_WORKER_INFLIGHT_BYTES must be at least RINGGATE_MAX_BODY_BYTES ({max_body}): {inflight}"
+            )
         retry_base = r.int("RINGGATE_RETRY_BASE_MS", 100, lo=1)
         retry_max = r.int("RINGGATE_RETRY_MAX_MS", 30_000, lo=1)
         if retry_max < retry_base:
@@ -105,7 +110,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             max_body_bytes=max_body,
             max_record_bytes=max_record,
             ack_timeout_ms=r.int("RINGGATE_ACK_TIMEOUT_MS", 30_000, lo=1),
-            worker_inflight_bytes=r.int("RINGGATE_WORKER_INFLIGHT_BYTES", 4 * max_body, lo=1),
+            worker_inflight_bytes=inflight,
             unblock_ms=r.int("RINGGATE_UNBLOCK_MS", 1000, lo=1),
             retry_base_ms=retry_base,
             retry_max_ms=retry_max,

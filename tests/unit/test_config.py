@@ -54,3 +54,8 @@ def test_children_get_exactly_what_the_supervisor_validated(monkeypatch):
         monkeypatch.setenv(key, value)
     monkeypatch.setenv("RINGGATE_PORT", "1")  # ignored by a child: the handed-down settings win
     assert Settings.from_child_environ() == s
+
+
+def test_the_worker_inflight_cap_must_hold_one_whole_body():
+    with pytest.raises(ConfigurationError, match="RINGGATE_WORKER_INFLIGHT_BYTES must be at least"):
+        Settings.from_environ({"RINGGATE_MAX_BODY_BYTES": "1MiB", "RINGGATE_WORKER_INFLIGHT_BYTES": "512KiB"})
