@@ -1,7 +1,6 @@
-"""503 no_flusher: a ring whose flusher has been gone past the grace period takes no records.
-
-Drives the ASGI app in-process against a real ring (no supervisor could keep a flusher dead long
-enough: it restarts one within a second)."""
+"""The ASGI app in-process against a real ring, for states a live gateway cannot be held in:
+a flusher gone past the grace period (the supervisor restarts one within a second), and a
+worker holding a slow upload (Granian buffers a body before the app sees it)."""
 
 from __future__ import annotations
 
@@ -88,3 +87,47 @@ def test_readyz_names_a_ring_without_a_live_flusher(app_with_ring):
     assert messages[0]["status"] == 503
     assert body["status"] == "not_ready" and "ring 0: no flusher alive" in body["reasons"]
     assert body["rings"][0]["flusher_pid"] == dead.pid
+
+
+def test_a_worker_holding_too_many_request_bytes_answers_429_overloaded(app_with_ring, monkeypatch):
+    app_module, ring = app_with_ring
+    ring.flusher_pid = os.getpid()
+    import msgspec
+
+    settings = app_module.gateway.settings
+    limit = settings.max_body_bytes  # the smallest cap the configuration allows: one whole body
+    monkeypatch.setattr(app_module.gateway, "settings", msgspec.structs.replace(settings, worker_inflight_bytes=limit))
+    release = asyncio.Event()
+
+    async def slow_receive():  # a body declared at the whole cap, still arriving
+        await release.wait()
+        return {"type": "http.request", "body": b'[{"slow":1}]', "more_body": False}
+
+    async def scenario():
+        sent: list[list[dict]] = [[], [], []]
+
+        def sender(i):
+            async def send(message):
+                sent[i].append(message)
+            return send
+
+        def scope(length: int) -> dict:
+            return {"type": "http", "method": "POST", "path": "/v1/ingest", "query_string": b"",
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(length).encode())]}
+
+        async def quick_receive():
+            return {"type": "http.request", "body": b'[{"a":1}]', "more_body": False}
+
+        slow = asyncio.create_task(app_module.app(scope(limit), slow_receive, sender(0)))
+        await asyncio.sleep(0.01)
+        await app_module.app(scope(9), quick_receive, sender(1))
+        release.set()
+        await slow
+        await app_module.app(scope(9), quick_receive, sender(2))
+        return sent
+
+    slow, refused, after = asyncio.run(scenario())
+    assert refused[0]["status"] == 429
+    assert json.loads(refused[1]["body"])["error"] == "overloaded"
+    assert (b"retry-after", b"1") in refused[0]["headers"]
+    assert slow[0]["status"] == 202 and after[0]["status"] == 202  # the bytes are released
