@@ -41,10 +41,22 @@ class InstanceLock:
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
 
     def acquire(self) -> bool:
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return False
+        while True:
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False
+            # a supervisor that exits unlinks the file: if we locked a file no longer at the path,
+            # another supervisor may hold the new one, so lock what the path names now
+            try:
+                current = os.stat(self.path)
+            except FileNotFoundError:
+                current = None
+            mine = os.fstat(self.fd)
+            if current is not None and (current.st_dev, current.st_ino) == (mine.st_dev, mine.st_ino):
+                break
+            os.close(self.fd)
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         os.ftruncate(self.fd, 0)
         os.pwrite(self.fd, f"{os.getpid()}\n".encode(), 0)
         return True
@@ -52,7 +64,13 @@ class InstanceLock:
     def holder(self) -> str:
         return os.pread(self.fd, 32, 0).decode(errors="replace").strip() or "?"
 
-    def release(self) -> None:
+    def release(self, unlink: bool) -> None:
+        """Unlink when this instance leaves nothing behind (unlink first, still holding the lock)."""
+        if unlink:
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
         os.close(self.fd)
 
 
@@ -123,19 +141,23 @@ def serve(settings: Settings) -> int:
             f"({lock.path}); stop it or set RINGGATE_INSTANCE",
             file=sys.stderr,
         )
+        lock.release(unlink=False)  # not ours
         return EXIT_FAILED
     try:
         _check_listen(settings)
     except OSError as exc:
         print(f"ringgate: cannot listen on {settings.host}:{settings.port}: {exc.strerror}", file=sys.stderr)
+        lock.release(unlink=True)
         return EXIT_FAILED
     try:
         rings = _open_rings(settings)
     except ConfigurationError as exc:
         print(f"ringgate: {exc}", file=sys.stderr)
+        lock.release(unlink=True)
         return EXIT_CONFIG
     except (RingError, OSError) as exc:
         print(f"ringgate: cannot open the rings of instance {settings.instance!r}: {exc}", file=sys.stderr)
+        lock.release(unlink=True)
         return EXIT_FAILED
     Metrics.create(settings.instance)
 
@@ -235,18 +257,14 @@ def _drain(settings: Settings, rings: list[Ring], manager: FlusherManager, lock:
         for ring in rings:
             ring.draining = False
             ring.close()
-        lock.release()
+        lock.release(unlink=True)
         return EXIT_FAILED
     for ring in rings:
         ring.close()
         ring.unlink()
     Metrics.unlink(settings.instance)
     log.info("drained: every acknowledged record is delivered")
-    try:
-        os.unlink(lock.path)
-    except FileNotFoundError:
-        pass
-    lock.release()
+    lock.release(unlink=True)
     return EXIT_OK
 
 

@@ -249,6 +249,7 @@ def test_sigterm_drains_and_unlinks_the_rings(make_gateway):
     assert gw.stop() == 0, gw.log()
     assert_exactly_once([f"d-{i}" for i in range(30)], stored(gw))
     assert gw.segments() == []
+    assert not os.path.exists(f"/dev/shm/{gw.instance}.lock")
 
 
 def test_many_concurrent_ack_commit_requests_all_answer_after_commit(make_gateway):
@@ -275,5 +276,5 @@ def test_an_address_in_use_exits_1_naming_it_and_creates_nothing(tmp_path):
                               capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1
     assert f"127.0.0.1:{port}" in proc.stderr and "in use" in proc.stderr
-    assert not list(pathlib.Path("/dev/shm").glob(f"rginuse{os.getpid()}-ring-*"))
+    assert not list(pathlib.Path("/dev/shm").glob(f"rginuse{os.getpid()}*"))  # no ring, no lock file
 
