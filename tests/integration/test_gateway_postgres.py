@@ -209,7 +209,9 @@ def test_sigkill_of_the_flusher_mid_copy_loses_nothing_and_doubles_nothing(
     wait_for(lambda: delivered_everything(gw), timeout=30, what="delivery to catch up")
 
     assert killed_during_copy >= 2, f"only {killed_during_copy} of 3 kills landed during a COPY"
-    assert len([n for n in replays(gw) if n]) >= killed_during_copy, gw.log()
+    # a COPY seen just before the kill may have committed by the time the signal lands, so not
+    # every kill needs a replay; at least one must have been mid-delivery
+    assert [n for n in replays(gw) if n], gw.log()
     assert_no_id_twice(pg, table)
     assert_exactly_once(load.acked, [{"id": i} for i in ids_in_table(pg, table)])
     assert gw.stop() == 0
