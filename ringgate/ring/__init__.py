@@ -51,6 +51,17 @@ def _load_impl():
 impl = _load_impl()
 IMPL_NAME = L.IMPL_NAMES[impl.IMPL]
 
+# Bumped in every forked child, so a producer notices a fork without a getpid() syscall per request.
+_fork_generation = 0
+
+
+def _after_fork_in_child() -> None:
+    global _fork_generation
+    _fork_generation += 1
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
 
 class RingError(RinggateError):
     pass
@@ -165,7 +176,7 @@ class Ring:
         self._producer_lock_fd: int | None = None
         self._consumer_lock_fd: int | None = None
         self._owner = 0
-        self._owner_pid = -1
+        self._generation = -1
         self._stop_at = L.STOP_POINTS.get(os.environ.get("RINGGATE_TEST_STOP_AFTER_CLAIM", ""), 0)
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -315,9 +326,9 @@ class Ring:
 
         Returns (status, first_position, next_position); status 0 or a layout.CLAIM_* code.
         """
-        pid = os.getpid()
-        if pid != self._owner_pid:  # after fork: new owner word, new lock file description
-            self._owner, self._owner_pid = owner_word(pid), pid
+        if self._generation != _fork_generation:
+            # first call in this process (or after a fork): our own owner word and lock description
+            self._owner, self._generation = owner_word(), _fork_generation
             if self._producer_lock_fd is not None:
                 os.close(self._producer_lock_fd)
                 self._producer_lock_fd = None
