@@ -72,10 +72,6 @@ class Load:
         wait_for(lambda: len(self.acked) >= n, timeout, what=f"{n} acknowledged records")
 
 
-def sink_dir(gw) -> pathlib.Path:
-    return pathlib.Path(gw.env["RINGGATE_SINK"].removeprefix("file://"))
-
-
 def test_sigkill_of_a_worker_under_load_loses_no_acknowledged_record(make_gateway):
     gw = make_gateway(WORKERS="2")
     with Load(gw.port) as load:
@@ -84,8 +80,8 @@ def test_sigkill_of_a_worker_under_load_loses_no_acknowledged_record(make_gatewa
         os.kill(victim, signal.SIGKILL)
         time.sleep(1.5)
         load.wait_acked(len(load.acked) + 2000)
-    wait_for(lambda: len(file_sink_records(sink_dir(gw))) >= len(load.acked), what="delivery")
-    assert_exactly_once(load.acked, file_sink_records(sink_dir(gw)))
+    wait_for(lambda: len(file_sink_records(gw.sink_dir)) >= len(load.acked), what="delivery")
+    assert_exactly_once(load.acked, file_sink_records(gw.sink_dir))
     assert gw.get("/healthz").status == 200
 
 
@@ -99,8 +95,8 @@ def test_sigkill_of_the_flusher_under_load_loses_nothing_and_doubles_nothing(mak
             wait_for(lambda f=flusher: (pids := gw.children()["flusher"]) != [] and pids[0] != f,
                      what="a new flusher")
         load.wait_acked(len(load.acked) + 1000)
-    wait_for(lambda: len(file_sink_records(sink_dir(gw))) >= len(load.acked), what="delivery")
-    assert_exactly_once(load.acked, file_sink_records(sink_dir(gw)))
+    wait_for(lambda: len(file_sink_records(gw.sink_dir)) >= len(load.acked), what="delivery")
+    assert_exactly_once(load.acked, file_sink_records(gw.sink_dir))
 
 
 def test_sigterm_under_load_delivers_everything_acknowledged(make_gateway):
@@ -110,7 +106,7 @@ def test_sigterm_under_load_delivers_everything_acknowledged(make_gateway):
         gw.signal(signal.SIGTERM)
         assert gw.proc.wait(60) == 0, gw.log()
     assert load.acked
-    assert_exactly_once(load.acked, file_sink_records(sink_dir(gw)))
+    assert_exactly_once(load.acked, file_sink_records(gw.sink_dir))
     assert gw.segments() == []
 
 

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests.faults.test_crashes import Load, sink_dir
+from tests.faults.test_crashes import Load
 from tests.sinkdata import assert_exactly_once, file_sink_records, wait_for
 
 pytestmark = pytest.mark.slow
@@ -25,6 +25,6 @@ def test_python_ring_under_load_with_a_worker_and_the_flusher_killed(make_gatewa
         wait_for(lambda: (pids := gw.children()["flusher"]) != [] and pids[0] != flusher, what="a new flusher")
         time.sleep(1)
         load.wait_acked(len(load.acked) + 1500)
-    wait_for(lambda: len(file_sink_records(sink_dir(gw))) >= len(load.acked), what="delivery")
-    assert_exactly_once(load.acked, file_sink_records(sink_dir(gw)))
+    wait_for(lambda: len(file_sink_records(gw.sink_dir)) >= len(load.acked), what="delivery")
+    assert_exactly_once(load.acked, file_sink_records(gw.sink_dir))
     assert gw.stop() == 0, gw.log()

@@ -19,12 +19,8 @@ def records(tag: str, n: int, start: int = 0) -> list[dict]:
             for i in range(start, start + n)]
 
 
-def data_dir(gw) -> pathlib.Path:
-    return pathlib.Path(gw.env["RINGGATE_SINK"].removeprefix("file://"))
-
-
 def stored(gw) -> list[dict]:
-    return file_sink_records(data_dir(gw))
+    return file_sink_records(gw.sink_dir)
 
 
 def test_every_body_format_lands_semantically_equal(make_gateway):
@@ -56,7 +52,7 @@ def test_every_body_format_lands_semantically_equal(make_gateway):
     for r in sent:
         assert got[r["id"]] == r
     # compact JSON, one record per line
-    for path in data_dir(gw).rglob("*.ndjson"):
+    for path in gw.sink_dir.rglob("*.ndjson"):
         for line in path.read_bytes().splitlines():
             assert b": " not in line and b", " not in line
 
