@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import heapq
 import logging
 import os
@@ -128,14 +129,14 @@ gateway = Gateway(settings)
 # -- POST /v1/ingest: plain ASGI ------------------------------------------------------------------
 
 
-async def _send_json(send, status: int, body: dict, headers: list[tuple[bytes, bytes]] | None = None) -> None:
-    payload = _encode(body)
-    await send({
-        "type": "http.response.start",
-        "status": status,
-        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
-        + (headers or []),
-    })
+_JSON_CONTENT = (b"content-type", b"application/json")  # Granian adds content-length itself
+
+
+async def _respond(send, status: int, payload: bytes, retry_after: int | None = None) -> None:
+    headers = [_JSON_CONTENT]
+    if retry_after is not None:
+        headers.append((b"retry-after", b"%d" % retry_after))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": payload})
 
 
@@ -144,8 +145,16 @@ async def _reject(send, status: int, code: str, detail: str, records: int = 1, r
     if m is not None:
         m.request(status)
         m.rejected(code, records)
-    headers = [(b"retry-after", str(retry_after).encode())] if retry_after is not None else None
-    await _send_json(send, status, {"error": code, "detail": detail}, headers)
+    await _respond(send, status, _encode({"error": code, "detail": detail}), retry_after)
+
+
+@functools.lru_cache(maxsize=64)
+def _body_format(content_type: bytes | None, content_encoding: bytes | None):
+    """parse_headers, remembered per header pair: clients send the same few (errors are not cached)."""
+    return parse_headers(
+        content_type.decode("latin-1") if content_type else None,
+        content_encoding.decode("latin-1") if content_encoding else None,
+    )
 
 
 async def ingest(scope, receive, send) -> None:
@@ -159,10 +168,7 @@ async def ingest(scope, receive, send) -> None:
         await _reject(send, 401, "unauthorized", "missing or unknown API key: send Authorization: Bearer <key>")
         return
     try:
-        fmt, encoding = parse_headers(
-            headers.get(b"content-type", b"").decode("latin-1") or None,
-            headers.get(b"content-encoding", b"").decode("latin-1") or None,
-        )
+        fmt, encoding = _body_format(headers.get(b"content-type"), headers.get(b"content-encoding"))
     except IngestError as exc:
         await _reject(send, exc.status, exc.code, exc.detail)
         return
@@ -257,27 +263,27 @@ async def _commit(scope, send, records, received_ns: int) -> None:
                       "the write stalled and its space was reclaimed; nothing was stored, retry", records=n)
         return
     ring = rings[index]
-    batch_id = f"{index}-{ring.epoch}-{first}-{next_}"
+    batch_id = b"%d-%d-%d-%d" % (index, ring.epoch, first, next_)
     m = gateway.metrics
     m.inc("records_accepted_total", n)
     if b"ack=commit" not in scope.get("query_string", b"") or not _wants_commit(scope):
         m.request(202)
-        await _send_json(send, 202, {"accepted": n, "batch_id": batch_id})
+        await _respond(send, 202, b'{"accepted":%d,"batch_id":"%b"}' % (n, batch_id))
         return
     timeout_s = gateway.settings.ack_timeout_ms / 1000
     try:
         await asyncio.wait_for(gateway.committed(index, next_), timeout_s)
     except TimeoutError:
         m.request(504)
-        await _send_json(send, 504, {
-            "error": "ack_timeout", "batch_id": batch_id, "accepted": n,
+        await _respond(send, 504, _encode({
+            "error": "ack_timeout", "batch_id": batch_id.decode(), "accepted": n,
             "detail": f"not committed within RINGGATE_ACK_TIMEOUT_MS ({gateway.settings.ack_timeout_ms}); "
                       "the records are still delivered",
-        })
+        }))
         return
     m.request(200)
     status_text = "dead_lettered" if ring.dead_lettered(first, next_) else "committed"
-    await _send_json(send, 200, {"accepted": n, "batch_id": batch_id, "status": status_text})
+    await _respond(send, 200, _encode({"accepted": n, "batch_id": batch_id.decode(), "status": status_text}))
 
 
 def _wants_commit(scope) -> bool:

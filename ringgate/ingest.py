@@ -670,8 +670,8 @@ def _check_depth(blob: bytes, lengths: np.ndarray, starts: np.ndarray, locate: C
     Cheap bound first: depth d needs d opening brackets. Only records with more than MAX_DEPTH
     of them get the exact, string-aware scan.
     """
-    # one C pass marks every opening bracket; reduceat sums them per record
-    openers = np.frombuffer(blob.translate(_OPENER_TABLE), np.uint8)
+    # "{" (0x7b) and "[" (0x5b) are the only bytes that OR 0x20 turns into 0x7b; reduceat sums per record
+    openers = (np.frombuffer(blob, np.uint8) | 0x20) == 0x7B
     per_record = np.add.reduceat(openers, starts, dtype=np.uint32)
     suspects = np.flatnonzero(per_record > MAX_DEPTH)
     if suspects.size == 0:
@@ -694,7 +694,6 @@ def _check_depth(blob: bytes, lengths: np.ndarray, starts: np.ndarray, locate: C
             group_bytes = 0
 
 
-_OPENER_TABLE = bytes(1 if c in b"{[" else 0 for c in range(256))
 # Bracket steps as bytes for bytes.translate: "{" "[" → +1, "}" "]" → -1 (0xff as int8), else 0.
 _STEP_TABLE = bytes(1 if c in b"{[" else 0xFF if c in b"}]" else 0 for c in range(256))
 

@@ -47,6 +47,8 @@ def _columns() -> dict[str, int]:
 
 
 COLUMN = _columns()
+_STATUS_COLUMN = {code: COLUMN[f"requests_total:{code}"] for code in STATUS_CODES}
+_OTHER_STATUS_COLUMN = COLUMN["requests_total:other"]
 
 
 def segment_path(instance: str) -> str:
@@ -95,8 +97,7 @@ class Metrics:
         self._row[COLUMN[name]] += n
 
     def request(self, status: int) -> None:
-        column = COLUMN.get(f"requests_total:{status}", COLUMN["requests_total:other"])
-        self._row[column] += 1
+        self._row[_STATUS_COLUMN.get(status, _OTHER_STATUS_COLUMN)] += 1
 
     def rejected(self, reason: str, records: int = 1) -> None:
         self._row[COLUMN[f"records_rejected_total:{reason}"]] += records
