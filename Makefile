@@ -24,15 +24,16 @@ test: install
 test-fast: install
 	$(PYTHON) -m pytest -m "not slow"
 
-## micro benchmarks (pytest-benchmark), each beside its baseline in the same run
+## micro benchmarks (pytest-benchmark), each beside its baseline in the same run (~40 s); not
+## --benchmark-only: that would skip bench/test_bench_pgcopy.py's interleaved A/B report
 bench: install
-	$(PYTHON) -m pytest bench -p no:randomly --benchmark-only -o testpaths=bench
+	$(PYTHON) -m pytest bench -p no:randomly -o testpaths=bench
 
-## end to end over loopback (wrk from apt; FastAPI baseline from the bench extra), ~9 minutes
+## end to end over loopback (wrk from apt; FastAPI baseline from the bench extra; S3 = moto), ~12 minutes
 bench-e2e: install
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(PIP) install --quiet -e '.[bench]'
-	$(PYTHON) bench/e2e.py --sink file --sink postgresql --retry-after-ms 1000 --json-out .benchmarks/e2e.json
+	$(PYTHON) bench/e2e.py --sink file --sink postgresql --sink s3 --retry-after-ms 1000 --json-out .benchmarks/e2e.json
 	$(PYTHON) bench/e2e.py --report .benchmarks/e2e.json
 
 lint: install
