@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import gzip
+import itertools
 import json
 import os
 import pathlib
+import select
+import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -116,6 +120,62 @@ def test_oversized_declared_body_is_refused_before_reading(make_gateway):
     assert len(bomb) < 1024
     resp = gw.post(bomb, headers={"Content-Encoding": "gzip"})
     assert resp.status == 413 and resp.json()["error"] == "body_too_large"
+
+
+def _send_chunked(port: int, chunks, limit_s: float = 20) -> tuple[int, bytes]:
+    """POST `chunks` with Transfer-Encoding: chunked on a raw socket, stopping as soon as the
+    server answers; returns (bytes of the body sent, the response's bytes)."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=limit_s)
+    sent = 0
+    response = b""
+    try:
+        sock.sendall(b"POST /v1/ingest HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                     b"Transfer-Encoding: chunked\r\n\r\n")
+        deadline = time.monotonic() + limit_s
+        for chunk in chunks:
+            if select.select([sock], [], [], 0)[0] or time.monotonic() > deadline:
+                break  # the server answered (or gave up) before the body ended
+            try:
+                sock.sendall(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunk else b"0\r\n\r\n")
+            except (BrokenPipeError, ConnectionResetError):
+                break
+            sent += len(chunk)
+        while b"\r\n\r\n" not in response or len(response.split(b"\r\n\r\n", 1)[1]) < _content_length(response):
+            part = sock.recv(65536)
+            if not part:
+                break
+            response += part
+    finally:
+        sock.close()
+    return sent, response
+
+
+def _content_length(response: bytes) -> int:
+    for line in response.split(b"\r\n\r\n", 1)[0].split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return int(value)
+    return 1 << 30
+
+
+def test_chunked_body_is_read_in_pieces_and_refused_at_the_limit(make_gateway):
+    """Without a Content-Length nothing can be reserved up front: the worker must see the body as
+    it arrives and stop at RINGGATE_MAX_BODY_BYTES, not hold whatever a client streams."""
+    limit = 64 << 10
+    gw = make_gateway(MAX_BODY_BYTES=str(limit))
+    body = json.dumps(records("chunked", 40)).encode()
+    sent, response = _send_chunked(gw.port, [body[:100], body[100:1000], body[1000:], b""])
+    assert sent == len(body) and response.startswith(b"HTTP/1.1 202"), response
+    assert json.loads(response.split(b"\r\n\r\n", 1)[1])["accepted"] == 40
+
+    piece = b'{"pad":"' + b"x" * 16_000 + b'"},'
+    offered = 1 + 256 * len(piece)  # 4 MiB, 64x the limit, and never terminated
+    sent, response = _send_chunked(gw.port, itertools.chain([b"["], itertools.repeat(piece, 256)))
+    assert response.startswith(b"HTTP/1.1 413"), response[:200]
+    assert json.loads(response.split(b"\r\n\r\n", 1)[1])["error"] == "body_too_large"
+    assert sent < offered, "the 413 came only after the client had sent everything"
+    assert gw.get("/healthz").status == 200
+    assert gw.post(records("after", 2)).status == 202
 
 
 def test_api_keys(make_gateway):
