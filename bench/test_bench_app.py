@@ -6,7 +6,7 @@
 One call of the ASGI callable with a POST /v1/ingest scope, a `receive` that hands over the whole
 body at once and a `send` that drops the messages: everything a Granian worker runs in Python for
 a request, and nothing of Granian's own work (HTTP parsing, socket I/O), which is the same for both.
-- ringgate: `ringgate.app.app` with a real native ring (16 MiB, drained between rounds, untimed)
+- ringgate: `ringgate.http.app.create_app()` with a real native ring (16 MiB, drained between rounds, untimed)
   and its shared-memory metrics, as `ringgate serve` sets them up for a worker;
 - baseline (the e2e ceiling): `bench/baselines/bare_granian.py`, msgspec decode into
   `Struct(records: list[Raw])` and a 202;
@@ -37,7 +37,7 @@ import bare_granian  # noqa: E402
 from _report import write_report  # noqa: E402
 from e2e import make_body  # noqa: E402
 
-from ringgate.ingest import BodyFormat, Encoding, decode_body  # noqa: E402
+from ringgate.codecs import BodyFormat, Encoding, decode_body  # noqa: E402
 
 BODIES = {100: make_body(100), 1: make_body(1)}
 # the same records 11 bytes shorter (longest 119 B): below 130 B, decode_body skips the depth scan
@@ -48,7 +48,7 @@ _results: dict[str, float] = {}  # name -> median µs per request
 
 @pytest.fixture(scope="module")
 def ringgate_app():
-    """ringgate.app imported with a ring and metrics of its own, as a worker of `ringgate serve`."""
+    """ringgate's app with a ring and metrics of its own, as a worker of `ringgate serve` builds it."""
     instance = f"rgbench-app-{os.getpid()}-{time.monotonic_ns() % 10**6}"
     old = os.environ.get("RINGGATE_INSTANCE")
     os.environ["RINGGATE_INSTANCE"] = instance
@@ -59,10 +59,11 @@ def ringgate_app():
     ring.flusher_pid = os.getpid()  # a live "flusher": the app serves the ring
     Metrics.create(instance)
     try:
-        sys.modules.pop("ringgate.app", None)  # settings are read at import
-        import ringgate.app as app_module
+        from ringgate.config import Settings
+        from ringgate.http.app import create_app
 
-        app_module.gateway.start()
+        app = create_app(Settings.from_environ())
+        app.gateway.start()
         buffers = ReadBuffers(10_000, 8 << 20, ring.capacity)
 
         def drain():
@@ -72,10 +73,10 @@ def ringgate_app():
                     return
                 ring.release(result.next_position)
 
-        yield app_module.app, drain
+        yield app, drain
     finally:
         with contextlib.suppress(Exception):
-            app_module.gateway.rings[0].close()
+            app.gateway.rings[0].close()
         ring.close()
         ring.unlink()
         Metrics.unlink(instance)

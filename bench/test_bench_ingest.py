@@ -20,7 +20,6 @@ import random
 import msgspec
 import pytest
 from _report import write_report  # noqa: E402
-
 from ringgate.ingest import BodyFormat, Encoding, decode_body
 
 zstandard = pytest.importorskip("zstandard")

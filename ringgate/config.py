@@ -14,6 +14,7 @@ from typing import Any
 import msgspec
 
 from .errors import ConfigurationError
+from .keys import parse_entries, read_file
 
 MIB = 1 << 20
 CHILD_SETTINGS_ENV = "RINGGATE_SETTINGS_JSON"
@@ -48,7 +49,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     unblock_ms: int = 1000
     retry_base_ms: int = 100
     retry_max_ms: int = 30_000
-    api_keys: tuple[str, ...] = ()
+    api_keys: tuple[tuple[str, str], ...] = ()  # (name, key)
+    api_keys_file: str = ""
+    admin_auth: bool = False
+    max_records: int = 100_000
+    body_timeout_s: float = 30.0
+    priority_threshold: int = 5
+    low_priority_fill: float = 0.75
     instance: str = "ringgate-8080"
     impl: str = ""  # "" = best available
     log_format: str = "text"
@@ -84,7 +91,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             raise ConfigurationError(
                 f"RINGGATE_RETRY_MAX_MS must be at least RINGGATE_RETRY_BASE_MS ({retry_base}): {retry_max}"
             )
-        keys = tuple(k.strip() for k in env.get("RINGGATE_API_KEYS", "").split(",") if k.strip())
+        keys = env.get("RINGGATE_API_KEYS", "")
+        api_keys = tuple(parse_entries(keys, ",", "RINGGATE_API_KEYS"))
+        if keys.strip() and not api_keys:
+            raise ConfigurationError(f"RINGGATE_API_KEYS is set but holds no key (auth never fails open): {keys!r}")
+        keys_file = env.get("RINGGATE_API_KEYS_FILE", "").strip()
+        if keys_file:
+            read_file(keys_file)  # refuses a file that cannot be read or holds no key
         instance = env.get("RINGGATE_INSTANCE", f"ringgate-{port}")
         if not instance or not all(c.isalnum() or c in "-_." for c in instance):
             raise ConfigurationError(
@@ -114,7 +127,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             unblock_ms=r.int("RINGGATE_UNBLOCK_MS", 1000, lo=1),
             retry_base_ms=retry_base,
             retry_max_ms=retry_max,
-            api_keys=keys,
+            api_keys=api_keys,
+            api_keys_file=keys_file,
+            admin_auth=r.flag("RINGGATE_ADMIN_AUTH", False),
+            max_records=r.int("RINGGATE_MAX_RECORDS", 100_000, lo=1),
+            body_timeout_s=r.float("RINGGATE_BODY_TIMEOUT_S", 30.0, lo=0.001),
+            priority_threshold=r.int("RINGGATE_PRIORITY_THRESHOLD", 5, lo=0, hi=11),
+            low_priority_fill=r.float("RINGGATE_LOW_PRIORITY_FILL", 0.75, lo=0.0, hi=1.0),
             instance=instance,
             impl=r.choice("RINGGATE_IMPL", "", ("",) + IMPLS),
             log_format=r.choice("RINGGATE_LOG_FORMAT", "text", LOG_FORMATS),
@@ -154,11 +173,21 @@ class _Reader:
             raise ConfigurationError(f"{name} must be at most {hi}: {value}")
         return value
 
-    def float(self, name: str, default: float, lo: float) -> float:
+    def float(self, name: str, default: float, lo: float, hi: float | None = None) -> float:
         value = self._get(name, default, float, "a number")
         if not value >= lo:
             raise ConfigurationError(f"{name} must be at least {lo}: {value}")
+        if hi is not None and not value <= hi:
+            raise ConfigurationError(f"{name} must be at most {hi}: {value}")
         return value
+
+    def flag(self, name: str, default: bool) -> bool:
+        value = self.env.get(name, "").strip().lower()
+        if not value:
+            return default
+        if value not in ("0", "1", "true", "false", "yes", "no"):
+            raise ConfigurationError(f"{name} must be 1 or 0: {value!r}")
+        return value in ("1", "true", "yes")
 
     def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
         value = self.env.get(name, default).strip().lower()

@@ -19,3 +19,19 @@ class RetryableSinkError(SinkError):
 
 class PermanentSinkError(SinkError):
     """The sink refuses the content of the batch (e.g. SQLSTATE 22/23): split and dead-letter."""
+
+
+class Refusal(RinggateError):
+    """A request that stored nothing: `status` is the HTTP status, `code` the error code of DESIGN
+    §4/§9, `detail` says what and where, `retry_after` (seconds) when trying again can succeed.
+    Every step of the shared path raises it; each source shapes it into its protocol's answer."""
+
+    def __init__(self, status: int, code: str, detail: str, retry_after: int | None = None):
+        super().__init__(f"{status} {code}: {detail}")
+        self.status = status
+        self.code = code
+        self.detail = detail
+        self.retry_after = retry_after
+
+    def __reduce__(self):
+        return type(self), (self.status, self.code, self.detail, self.retry_after)

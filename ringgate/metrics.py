@@ -24,12 +24,13 @@ COUNTERS = 128
 ROW_BYTES = COUNTERS * 8
 OWNER = 0  # column 0 of a row: the pid that owns it
 
-STATUS_CODES = (200, 202, 400, 401, 404, 405, 413, 415, 429, 500, 503, 504)
+STATUS_CODES = (200, 202, 204, 400, 401, 403, 404, 405, 408, 413, 415, 429, 500, 503, 504)
 REJECT_REASONS = (
     "unauthorized", "unsupported_media_type", "unsupported_encoding", "body_too_large",
     "record_too_large", "empty_body", "invalid_json", "invalid_utf8", "too_deep", "not_an_object",
     "bad_encoding", "bad_csv", "ring_full", "overloaded", "no_flusher", "lost_claim", "not_found",
-    "method_not_allowed",
+    "method_not_allowed", "too_many_records", "body_timeout", "duplicate_header", "invalid_priority",
+    "low_priority", "invalid_msgpack", "bad_multipart", "bad_request", "other",
 )
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -49,6 +50,7 @@ def _columns() -> dict[str, int]:
 COLUMN = _columns()
 _STATUS_COLUMN = {code: COLUMN[f"requests_total:{code}"] for code in STATUS_CODES}
 _OTHER_STATUS_COLUMN = COLUMN["requests_total:other"]
+_OTHER_REASON_COLUMN = COLUMN["records_rejected_total:other"]  # a source's own codes, until listed
 
 
 def segment_path(instance: str) -> str:
@@ -100,7 +102,8 @@ class Metrics:
         self._row[_STATUS_COLUMN.get(status, _OTHER_STATUS_COLUMN)] += 1
 
     def rejected(self, reason: str, records: int = 1) -> None:
-        self._row[COLUMN[f"records_rejected_total:{reason}"]] += records
+        column = COLUMN.get(f"records_rejected_total:{reason}", _OTHER_REASON_COLUMN)
+        self._row[column] += records
 
     def observe_delivery(self, seconds: float) -> None:
         i = bisect.bisect_left(LATENCY_BUCKETS, seconds)
@@ -134,7 +137,7 @@ def render(totals: dict[str, int], sink: str, rings: list[dict]) -> str:
         out.append(f"# HELP ringgate_{name} {help_}")
         out.append(f"# TYPE ringgate_{name} {kind}")
 
-    family("requests_total", "counter", "HTTP requests to /v1/ingest by status code.")
+    family("requests_total", "counter", "HTTP requests to the endpoints that take records, by status code.")
     for code in STATUS_CODES:
         out.append(f'ringgate_requests_total{{code="{code}"}} {totals[f"requests_total:{code}"]}')
     out.append(f'ringgate_requests_total{{code="other"}} {totals["requests_total:other"]}')

@@ -224,7 +224,8 @@ def _run_granian(settings: Settings) -> bool:
     from granian.constants import Interfaces, Loops
 
     server = Granian(
-        "ringgate.app:app",
+        "ringgate.http.app:create_app",
+        factory=True,
         address=settings.host,
         port=settings.port,
         interface=Interfaces.ASGI,

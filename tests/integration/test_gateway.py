@@ -178,19 +178,25 @@ def test_full_ring_is_429_then_everything_is_delivered_once_the_sink_recovers(ma
     blocker.write_text("a regular file where the sink directory should be")
     gw = make_gateway(RING_BYTES=str(64 * 1024), SINK=f"file://{blocker}/data", BATCH_RECORDS="50")
     accepted: list[str] = []
-    saw_429 = None
-    for i in range(200):
-        batch = records(f"r{i}", 20)
-        resp = gw.post(batch)
-        if resp.status == 202:
-            accepted += [r["id"] for r in batch]
-        else:
-            assert resp.status == 429, resp.body
-            saw_429 = resp
-            break
-    assert saw_429 is not None, "a 64 KiB ring never filled"
-    assert saw_429.json()["error"] == "ring_full"
-    assert int(saw_429.headers["retry-after"]) >= 1
+
+    def fill(headers: dict[str, str] | None = None, tag: str = "r"):
+        for i in range(200):
+            batch = records(f"{tag}{i}", 20)
+            resp = gw.post(batch, headers=headers)
+            if resp.status != 202:
+                assert resp.status == 429, resp.body
+                assert int(resp.headers["retry-after"]) >= 1
+                return resp
+            accepted.extend(r["id"] for r in batch)
+        raise AssertionError("a 64 KiB ring never filled")
+
+    # requests without a priority (0) are refused first, once the ring is 75 % full (§8) ...
+    assert fill().json()["error"] == "low_priority"
+    used = gw.get("/readyz").json()["rings"][0]["used_bytes"]
+    assert 0.75 * 64 * 1024 < used < 64 * 1024
+    # ... while priority 5 and above may fill it
+    assert fill({"X-Priority": "10"}, "p").json()["error"] == "ring_full"
+    assert gw.get("/readyz").json()["rings"][0]["used_bytes"] > used
     ready = gw.get("/readyz")
     assert ready.status == 503 and any("sink" in r for r in ready.json()["reasons"]), ready.body
     assert gw.metrics()['ringgate_delivery_retries_total{sink="file"}'] > 0

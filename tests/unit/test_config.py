@@ -6,6 +6,7 @@ import pytest
 
 from ringgate.config import Settings
 from ringgate.errors import ConfigurationError
+from ringgate.keys import Keys, key_hash
 
 
 def test_defaults_follow_the_contract():
@@ -44,8 +45,32 @@ def test_a_bad_value_names_the_variable_the_value_and_the_rule(name, value, mess
     assert message in str(info.value)
 
 
-def test_api_keys_are_split_and_trimmed():
-    assert Settings.from_environ({"RINGGATE_API_KEYS": " a, b ,,c"}).api_keys == ("a", "b", "c")
+def test_api_keys_are_split_trimmed_and_named():
+    keys = Settings.from_environ({"RINGGATE_API_KEYS": " a, ci = abc= ,,c"}).api_keys
+    assert keys == ((key_hash("a"), "a"), ("ci", "abc="), (key_hash("c"), "c"))
+
+
+@pytest.mark.parametrize("value", [",", " , ,"])
+def test_api_keys_set_but_empty_fail_closed(value):
+    with pytest.raises(ConfigurationError, match="RINGGATE_API_KEYS is set but holds no key"):
+        Settings.from_environ({"RINGGATE_API_KEYS": value})
+
+
+def test_empty_api_keys_count_as_unset():
+    assert Settings.from_environ({"RINGGATE_API_KEYS": ""}).api_keys == ()
+
+
+def test_api_keys_file(tmp_path):
+    path = tmp_path / "keys"
+    path.write_text("# clients\nshipper=s3cr3t\n\nplain\n")
+    s = Settings.from_environ({"RINGGATE_API_KEYS_FILE": str(path)})
+    assert s.api_keys_file == str(path)
+    assert Keys.from_settings(s).names == {"s3cr3t": "shipper", "plain": key_hash("plain")}
+    path.write_text("# nothing but comments\n\n")
+    with pytest.raises(ConfigurationError, match="holds no key"):
+        Settings.from_environ({"RINGGATE_API_KEYS_FILE": str(path)})
+    with pytest.raises(ConfigurationError, match="cannot be read"):
+        Settings.from_environ({"RINGGATE_API_KEYS_FILE": str(tmp_path / "missing")})
 
 
 def test_children_get_exactly_what_the_supervisor_validated(monkeypatch):

@@ -1,0 +1,132 @@
+"""`create_app(settings)`: the ASGI application of one HTTP worker.
+
+Routes come from the sources (ringgate.sources, one module per protocol) and the status
+endpoints; the router is a dict of literal paths plus the few `{name}` patterns, in front of
+plain ASGI (no framework objects on the hot path). Each Granian worker builds its app through
+this factory and attaches to the rings at startup; it never creates or unlinks them.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+
+from .. import sources
+from ..config import Settings
+from ..gateway import Gateway
+from ..process import configure_logging, die_with_supervisor
+from ..ring import RingError
+from . import status
+from .answers import json_answer
+from .body import Disconnected
+from .request import Request, Route
+
+log = logging.getLogger("ringgate.http")
+
+_PARAM = re.compile(r"\{(\w+)\}")
+
+
+class Router:
+    def __init__(self, routes: list[Route]) -> None:
+        self.literal: dict[str, list[Route]] = {}
+        self.patterns: list[tuple[re.Pattern, list[Route]]] = []
+        by_pattern: dict[str, list[Route]] = {}
+        for route in routes:
+            if "{" in route.path:
+                by_pattern.setdefault(route.path, []).append(route)
+            else:
+                self.literal.setdefault(route.path, []).append(route)
+        for path, group in by_pattern.items():
+            regex = re.compile("^" + _PARAM.sub(r"(?P<\1>[^/]+)", re.escape(path).replace(r"\{", "{").replace(r"\}", "}")) + "$")
+            self.patterns.append((regex, group))
+
+    def match(self, method: str, path: str) -> tuple[Route | None, dict[str, str], bool]:
+        """(route, path parameters, path known); HEAD is answered by a GET route without its body."""
+        params: dict[str, str] = {}
+        group = self.literal.get(path)
+        if group is None:
+            for regex, candidates in self.patterns:
+                found = regex.match(path)
+                if found:
+                    group, params = candidates, found.groupdict()
+                    break
+            else:
+                return None, params, False
+        for route in group:
+            if method in route.methods:
+                return route, params, True
+        if method == "HEAD":
+            for route in group:
+                if "GET" in route.methods:
+                    return route, params, True
+        return None, params, True
+
+
+class App:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.gateway = Gateway(settings)
+        self.router = Router(sources.routes(self.gateway) + status.routes(self.gateway))
+
+    def start(self) -> None:
+        if self.gateway.started:
+            return
+        configure_logging(self.settings.log_format, self.settings.log_level)
+        die_with_supervisor()
+        try:
+            self.gateway.start()
+        except (OSError, RingError) as exc:
+            log.critical("cannot attach the rings of instance %s: %s", self.settings.instance, exc)
+            raise
+
+    async def __call__(self, scope, receive, send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _http(self, scope, receive, send) -> None:
+        if not self.gateway.started:
+            self.start()
+        method = scope["method"]
+        route, params, known = self.router.match(method, scope["path"])
+        if route is None:
+            if known:
+                answer = json_answer(405, {"error": "method_not_allowed", "detail": f"{method} is not allowed here"})
+            else:
+                answer = json_answer(404, {"error": "not_found", "detail": f"no such endpoint: {scope['path']}"})
+        else:
+            try:
+                answer = await route.handler(Request(scope, receive, params))
+            except Disconnected:
+                return
+            except Exception:
+                log.exception("%s %s failed", method, scope["path"])
+                answer = json_answer(500, {"error": "internal_error", "detail": "the gateway failed; see its log"})
+            if route.source:
+                self.gateway.metrics.request(answer.status)
+        headers = list(answer.headers)
+        if answer.content_type is not None:
+            headers.append((b"content-type", answer.content_type))
+        await send({"type": "http.response.start", "status": answer.status, "headers": headers})
+        await send({"type": "http.response.body", "body": b"" if method == "HEAD" else answer.body})
+
+    async def _lifespan(self, receive, send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    self.start()
+                except Exception as exc:  # noqa: BLE001 - reported to the server, which stops
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+
+def create_app(settings: Settings | None = None) -> App:
+    """The worker's app; without settings, those the supervisor handed down (or the environment)."""
+    return App(settings if settings is not None else Settings.from_child_environ())

@@ -1,0 +1,128 @@
+"""The shared path every source's records take (§8): headers, auth, limits, body, decode,
+admission, claim; then, when asked, the wait for the sink's commit.
+
+A source declares an `Intake` (its auth schemes, its Content-Type → decoder) and calls `accept`,
+which returns a `Stored` or raises a `Refusal`; the source shapes either into its protocol's
+answer. Nothing here knows any protocol.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import functools
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ..codecs import Decoder, Encoding, Records, check_not_empty, compression
+from ..codecs.json import parse_priority
+from ..errors import Refusal
+from ..gateway import Gateway, Stored
+from .body import read_body
+from .request import Answer, Request
+
+log = logging.getLogger("ringgate.http")
+
+# Bodies that may decode to more than this are decoded off the event loop, so the worker keeps
+# answering (/healthz within a second) while a 16 MiB body is checked; smaller ones stay on the
+# loop, where the thread hop would cost more than the decode.
+OFFLOAD_BYTES = 1 << 20
+OFFLOAD_COMPRESSED_BYTES = 4 << 10  # gzip can expand ~1000x
+_pool: concurrent.futures.ThreadPoolExecutor | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Intake:
+    """What a source tells the shared path about its requests."""
+
+    decoder: Callable[[bytes | None], Decoder]
+    """The request's Content-Type header (None when absent) → the framing to decode with (415)."""
+    schemes: frozenset[str] = frozenset()
+    """Authorization schemes this protocol's clients use besides Bearer (lower case)."""
+    ack_commit: bool = False
+    """Honour `?ack=commit`: wait for the sink's commit before answering."""
+
+
+@dataclass(slots=True)
+class Accepted:
+    stored: Stored
+    client: str | None
+    commit: str | None = None
+    """None when not asked; else committed | dead_lettered | timeout (RINGGATE_ACK_TIMEOUT_MS)."""
+
+
+def authenticate(gw: Gateway, req: Request, schemes: frozenset[str] = frozenset()) -> str | None:
+    """Duplicate headers (400) before auth (401); the client's key name, None when auth is off."""
+    repeated = req.repeated_single()
+    if repeated is not None:
+        raise Refusal(400, "duplicate_header", f"the {repeated.decode().title()} header is sent more than once")
+    if not gw.keys:
+        return None
+    client = gw.keys.client(req.headers.get(b"authorization"), schemes)
+    if client is None:
+        raise Refusal(401, "unauthorized", "missing or unknown API key: send Authorization: Bearer <key>")
+    return client
+
+
+async def accept(gw: Gateway, req: Request, intake: Intake) -> Accepted:
+    records: Records | None = None
+    try:
+        client = authenticate(gw, req, intake.schemes)
+        decode = intake.decoder(req.headers.get(b"content-type"))
+        coding = req.headers.get(b"content-encoding")
+        encoding = compression.parse_encoding(coding.decode("latin-1") if coding else None)
+        header_priority = _header_priority(req)
+        if header_priority is not None:
+            gw.admit(header_priority)  # refused before the body is read
+        body, held = await read_body(gw, req, gw.limits.max_body_bytes)
+        try:
+            records = await _decode(gw, decode, body, encoding)
+            del body
+            priority = records.priority if records.priority is not None else header_priority or 0
+            gw.admit(priority)
+            stored = gw.store(records, req.received_ns)
+        finally:
+            gw.release(held)
+    except Refusal as refusal:
+        if gw.metrics is not None:
+            gw.metrics.rejected(refusal.code, records.count if records is not None else 1)
+        raise
+    gw.metrics.inc("records_accepted_total", stored.count)
+    accepted = Accepted(stored, client)
+    if intake.ack_commit and req.query("ack") == "commit":
+        accepted.commit = await gw.wait_committed(stored)
+    return accepted
+
+
+def _header_priority(req: Request) -> int | None:
+    value = req.headers.get(b"x-priority")
+    return None if value is None else parse_priority(value)
+
+
+def _decode_sync(decode: Decoder, body: bytes, encoding: Encoding, limits) -> Records:
+    return decode(check_not_empty(compression.decode(body, encoding, limits.max_body_bytes), encoding), limits)
+
+
+async def _decode(gw: Gateway, decode: Decoder, body: bytes, encoding: Encoding) -> Records:
+    large = len(body) >= (OFFLOAD_BYTES if encoding is Encoding.IDENTITY else OFFLOAD_COMPRESSED_BYTES)
+    if not large:
+        return _decode_sync(decode, body, encoding, gw.limits)
+    global _pool
+    if _pool is None:  # one thread per worker: large bodies wait for each other, not the loop
+        _pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ringgate-decode")
+    work = functools.partial(_decode_sync, decode, body, encoding, gw.limits)
+    return await asyncio.get_running_loop().run_in_executor(_pool, work)
+
+
+def handler(gw: Gateway, intake: Intake, ok: Callable[[Accepted], Answer], refused: Callable[[Refusal], Answer]):
+    """A route handler for a source: the shared path, then the source's two shapes of answer."""
+
+    async def handle(req: Request) -> Answer:
+        try:
+            accepted = await accept(gw, req, intake)
+        except Refusal as refusal:
+            return refused(refusal)
+        return ok(accepted)
+
+    return handle
