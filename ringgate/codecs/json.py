@@ -65,7 +65,7 @@ class _Decoders:
         envelope = msgspec.defstruct("Envelope", fields + priority)
         raw_envelope = msgspec.defstruct("RawEnvelope", raw_fields + priority)
         self.full = msgspec.json.Decoder(list[msgspec.Raw] | envelope)
-        self.raw = msgspec.json.Decoder(msgspec.Raw | raw_envelope)
+        self.raw = msgspec.json.Decoder(raw_envelope)  # msgspec takes no Raw inside a union
         self.list = msgspec.json.Decoder(list[msgspec.Raw])
         self.key_pattern = re.compile(
             rb'"(?:' + b"|".join(re.escape(k.encode()) for k in keys) + rb')"[ \t\r\n]*:[ \t\r\n]*\Z'
@@ -84,11 +84,11 @@ def decode(body: bytes, limits: Limits, keys: tuple[str, ...] = ENVELOPE_KEYS) -
     d = _decoders(keys)
     if limits.short_enough(body) or limits.within_count(body.count(b",") + 1):
         value = _decode(d.full, body, d)
-    else:
-        value = _decode(d.raw, body, d)
-        array = value if isinstance(value, msgspec.Raw) else _records_of(value, d)
+    else:  # maybe too many records: count the array's elements before building one object each
+        stripped = body.lstrip(_JSON_WS)
+        array = stripped if stripped[:1] == b"[" else bytes(_records_of(_decode(d.raw, body, d), d))
         if array[:1] == b"[":  # anything else is refused below, by the full decode
-            limits.check_count(count_elements(bytes(array)))
+            limits.check_count(count_elements(array))
         value = _decode(d.full, body, d)
     if isinstance(value, list):
         return finish(value, limits)

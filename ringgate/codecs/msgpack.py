@@ -55,6 +55,8 @@ def _stream_length(body: bytes, limits: Limits) -> int:
 
 
 def decode(body: bytes, limits: Limits) -> Records:
+    if not body:
+        raise Refusal(400, "empty_body", "the body is empty: no records")
     count = _array_length(body)
     if count is not None:
         limits.check_count(count)
