@@ -27,20 +27,19 @@ static int ring_open(Py_buffer *view, ring_t *r) {
         PyErr_SetString(PyExc_ValueError, "ring buffer is not 8-byte aligned");
         return -1;
     }
-    r->base = (char *)view->buf;
     /* relaxed: written once by Ring.create before any other process maps the segment */
-    r->capacity = atomic_load_explicit(word(r->base, CAPACITY_OFFSET), memory_order_relaxed);
-    if (r->capacity < MIN_CAPACITY || (r->capacity & (r->capacity - 1)) != 0) {
+    int64_t capacity = atomic_load_explicit(word((char *)view->buf, CAPACITY_OFFSET), memory_order_relaxed);
+    if (capacity < MIN_CAPACITY || (capacity & (capacity - 1)) != 0) {
         PyErr_Format(PyExc_ValueError, "ring capacity in the header must be a power of two >= %d: %lld",
-                     MIN_CAPACITY, (long long)r->capacity);
+                     MIN_CAPACITY, (long long)capacity);
         return -1;
     }
-    if (r->capacity > view->len - HEADER_LENGTH) {
+    if (capacity > view->len - HEADER_LENGTH) {
         PyErr_Format(PyExc_ValueError, "ring capacity in the header (%lld) exceeds the buffer (%zd bytes)",
-                     (long long)r->capacity, view->len);
+                     (long long)capacity, view->len);
         return -1;
     }
-    r->mask = r->capacity - 1;
+    ring_setup(r, (char *)view->buf, capacity);
     return 0;
 }
 
@@ -200,8 +199,11 @@ static PyObject *ring_read(PyObject *Py_UNUSED(module), PyObject *args, PyObject
     read_nogil(&r, &a);
     Py_END_ALLOW_THREADS
     if (a.corrupt_position >= 0) {
-        PyErr_Format(PyExc_ValueError, "corrupt ring: invalid record header 0x%016llx at position %lld",
-                     (unsigned long long)a.corrupt_word, (long long)a.corrupt_position);
+        /* PyErr_Format has no %llx, nor zero padding: format the word here */
+        char hex[17];
+        snprintf(hex, sizeof hex, "%016" PRIx64, (uint64_t)a.corrupt_word);
+        PyErr_Format(PyExc_ValueError, "corrupt ring: invalid record header 0x%s at position %lld", hex,
+                     (long long)a.corrupt_position);
         goto done;
     }
     result = Py_BuildValue("(nLLi)", (Py_ssize_t)a.count, (long long)a.next_cursor, (long long)a.used, a.status);
@@ -304,14 +306,15 @@ static int ring_exec(PyObject *module) {
     }
     if (PyModule_AddIntConstant(module, "IMPL", IMPL_NATIVE) < 0) return -1;
     PyObject *layout = Py_BuildValue(
-        "{sisisisisisisisisisisisisisisisisisisisi}", "HEADER_LENGTH", HEADER_LENGTH, "MIN_CAPACITY", MIN_CAPACITY, "MAX_LENGTH", (int)MAX_LENGTH,
+        "{sisisisisisisisisisisisisisisisisisisisisisi}", "HEADER_LENGTH", HEADER_LENGTH, "MIN_CAPACITY", MIN_CAPACITY, "MAX_LENGTH", (int)MAX_LENGTH,
         "CAPACITY_OFFSET", CAPACITY_OFFSET, "UNBLOCKED_COUNT_OFFSET", UNBLOCKED_COUNT_OFFSET,
         "PRODUCER_POSITION_OFFSET", PRODUCER_POSITION_OFFSET, "CONSUMER_POSITION_OFFSET", CONSUMER_POSITION_OFFSET,
         "FREE_POSITION_OFFSET", FREE_POSITION_OFFSET, "UNBLOCK_FIRST_OFFSET", UNBLOCK_FIRST_OFFSET,
         "UNBLOCK_NEXT_OFFSET", UNBLOCK_NEXT_OFFSET, "RECORD_HEADER_LENGTH", RECORD_HEADER_LENGTH, "RECORD_ALIGNMENT",
         RECORD_ALIGNMENT, "TYPE_DATA", TYPE_DATA, "TYPE_PADDING", TYPE_PADDING, "CLAIM_FULL", CLAIM_FULL,
         "CLAIM_LOST", CLAIM_LOST, "CLAIM_TOO_LARGE", CLAIM_TOO_LARGE, "READ_IDLE", READ_IDLE,
-        "READ_BLOCKED_IN_PROGRESS", READ_BLOCKED_IN_PROGRESS, "READ_BLOCKED_ZERO", READ_BLOCKED_ZERO);
+        "READ_BLOCKED_IN_PROGRESS", READ_BLOCKED_IN_PROGRESS, "READ_BLOCKED_ZERO", READ_BLOCKED_ZERO, "LAP_SHIFT", LAP_SHIFT,
+        "LAP_BITS", LAP_BITS);
     if (layout == NULL) return -1;
     if (PyModule_AddObject(module, "LAYOUT", layout) < 0) {
         Py_DECREF(layout);

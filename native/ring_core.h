@@ -20,10 +20,16 @@
  * memory itself (lock cmpxchg, ldaxr/stlxr, casal), which act on the physical page whoever maps
  * it. A lock-based atomic would take a lock private to this process, so the import refuses it.
  *
- * Payload copies and the consumer's zeroing are plain memcpy/memset: nobody reads those bytes
- * before the release/acquire edge that publishes them (the commit CAS; FREE_POSITION), and the
- * only racing accesses are compare-and-swaps from 0 by stale producers, for which a torn word is
- * simply "not 0" (the CAS fails and the producer reports CLAIM_LOST).
+ * Payload copies and the consumer's zeroing are plain memcpy/memset (store_bytes, zero_bytes):
+ * nobody reads those bytes before the release/acquire edge that publishes them (the commit CAS;
+ * FREE_POSITION), and the only racing accesses are the consumer's relaxed scan of a zero run and
+ * compare-and-swaps from 0 by stale producers, for which any value but 0 ends the run or fails
+ * the CAS (and a torn word is simply "not 0"). C11 calls these data races all the same, and
+ * ThreadSanitizer also counts a failed CAS as a write (its AtomicCAS records every CAS as one),
+ * so a stale producer's failed CAS "races" with whoever later reads a record written there.
+ * Built with it, the payload copies in and out and the zeroing therefore move 8-byte words with
+ * relaxed atomics (store_bytes, load_bytes, zero_bytes): what the plain accesses are on every
+ * target. The payload's publication is then checked by the harness's record checks instead.
  */
 
 #ifndef RINGGATE_RING_CORE_H
@@ -63,6 +69,33 @@ enum {
     RACE_POINTS
 };
 
+#if defined(__SANITIZE_THREAD__)
+/* `dst` is 8-byte aligned; the bytes after `n` up to the next 8-byte boundary are zero already
+ * (zeroed space of the same record), so whole words can be stored */
+static inline void store_bytes(char *dst, const char *src, size_t n) {
+    for (size_t k = 0; k < n; k += 8) {
+        int64_t w = 0;
+        memcpy(&w, src + k, n - k < 8 ? n - k : 8);
+        atomic_store_explicit((_Atomic int64_t *)(void *)(dst + k), w, memory_order_relaxed);
+    }
+}
+/* `src` is 8-byte aligned and readable up to the next 8-byte boundary after `n` (same record) */
+static inline void load_bytes(char *dst, const char *src, size_t n) {
+    for (size_t k = 0; k < n; k += 8) {
+        int64_t w = atomic_load_explicit((_Atomic int64_t *)(void *)(src + k), memory_order_relaxed);
+        memcpy(dst + k, &w, n - k < 8 ? n - k : 8);
+    }
+}
+/* `dst` and `n` are multiples of 8 */
+static inline void zero_bytes(char *dst, size_t n) {
+    for (size_t k = 0; k < n; k += 8) atomic_store_explicit((_Atomic int64_t *)(void *)(dst + k), 0, memory_order_relaxed);
+}
+#else
+#define store_bytes memcpy
+#define load_bytes memcpy
+#define zero_bytes(dst, n) memset((dst), 0, (n))
+#endif
+
 /* ---- layout: mirrors ringgate/ring/layout.py (tests compare them through LAYOUT) ---------- */
 
 #define HEADER_LENGTH 4096
@@ -77,6 +110,11 @@ enum {
 #define UNBLOCK_NEXT_OFFSET 408
 
 #define MAX_LENGTH (1LL << 30) /* record and claim lengths are int32 in the header */
+
+/* an in-progress first word carries its claim's lap (position >> log2(capacity)), low bits */
+#define LAP_SHIFT 34
+#define LAP_BITS 29
+#define LAP_MASK ((INT64_C(1) << LAP_BITS) - 1)
 
 #define RECORD_HEADER_LENGTH 16
 #define RECORD_ALIGNMENT 8
@@ -132,7 +170,50 @@ typedef struct {
     char *base;       /* start of the segment (header) */
     int64_t capacity; /* data bytes, a power of two */
     int64_t mask;
+    int shift; /* log2(capacity) */
 } ring_t;
+
+/* `capacity` is a power of two (the caller checked) */
+static inline void ring_setup(ring_t *r, char *base, int64_t capacity) {
+    r->base = base;
+    r->capacity = capacity;
+    r->mask = capacity - 1;
+    r->shift = 0;
+    while ((INT64_C(1) << r->shift) < capacity) r->shift++;
+}
+
+/* The lap of `position`, as an in-progress word holds it (layout.py lap_of) */
+static inline int64_t lap_of(const ring_t *r, int64_t position) { return (position >> r->shift) & LAP_MASK; }
+
+/* The first word of a claim in progress at `position`: length = -(claim length); type DATA, or
+ * PADDING when the claim starts with the gap to the end of the data region; and the claim's lap,
+ * so that only its own producer's commit or undo CAS can match it (never one stalled since an
+ * earlier lap whose claim had the same length at the same index). */
+static inline int64_t in_progress_word(const ring_t *r, int64_t position, int64_t claim, int32_t type) {
+    return (int64_t)((uint64_t)(uint32_t)(int32_t)-claim | (uint64_t)(uint32_t)type << 32 |
+                     (uint64_t)lap_of(r, position) << LAP_SHIFT);
+}
+
+/* A first word that stands for "no header here" at `position`: zero; an in-progress word of
+ * another lap (left by a producer killed during its undo, long after its claim was padded and
+ * released); or an owner word (no header is ever one: a leftover of the same kind). */
+static inline int no_header(const ring_t *r, int64_t w, int64_t position) {
+    if (w == 0 || is_owner_word(w)) return 1;
+    return word_length(w) < 0 && (((uint64_t)w >> LAP_SHIFT) & LAP_MASK) != (uint64_t)lap_of(r, position);
+}
+
+/* What ends the zero run that starts at `position` (data index `index`), given the word `w` at
+ * data index `off` (index < off, the same lap): -1 if it does not end the run, else the data
+ * index where the run ends. One rule for the scan that finds the end and for the re-check that
+ * confirms it (layout.py "Abandoned claims"):
+ * - a word that is no header counts as zero, as does the owner word right after the run's first
+ *   word: it is the run's own claim's, whose header CAS will fail against our padding;
+ * - any other owner word ends the run one word earlier, where its claim starts;
+ * - anything else ends it right there. */
+static inline int64_t zero_run_end(const ring_t *r, int64_t position, int64_t index, int64_t off, int64_t w) {
+    if (is_owner_word(w)) return off == index + 8 ? -1 : off - 8;
+    return no_header(r, w, position + (off - index)) ? -1 : off;
+}
 
 /* ---- claim / commit ---------------------------------------------------------------------- */
 
@@ -202,7 +283,7 @@ static int claim_commit_nogil(const ring_t *r, claim_args *a) {
         return CLAIM_LOST;
     RING_RACE_POINT(RACE_CLAIM_AFTER_OWNER, index + 8);
 
-    int64_t in_progress = header_word((int32_t)-claim, gap ? TYPE_PADDING : TYPE_DATA);
+    int64_t in_progress = in_progress_word(r, position, claim, gap ? TYPE_PADDING : TYPE_DATA);
     expected = 0;
     /* seq_cst: same pairing as the owner CAS; and against unblock_zero's CAS of this word from 0
      * (whoever wins owns the header) */
@@ -238,7 +319,7 @@ static int claim_commit_nogil(const ring_t *r, claim_args *a) {
                                   memory_order_relaxed);
             atomic_store_explicit(word(data, offset + 8), a->received_ns, memory_order_relaxed);
         }
-        memcpy(data + offset + RECORD_HEADER_LENGTH, src, (size_t)length);
+        store_bytes(data + offset + RECORD_HEADER_LENGTH, src, (size_t)length);
         src += length;
         offset += align8(RECORD_HEADER_LENGTH + length);
     }
@@ -250,9 +331,11 @@ static int claim_commit_nogil(const ring_t *r, claim_args *a) {
         committed = header_word((int32_t)gap, TYPE_PADDING);
     } else {
         committed = header_word((int32_t)(RECORD_HEADER_LENGTH + a->lengths[0]), TYPE_DATA);
-        /* relaxed: replaces our owner word with the first record's received time; published by
-         * the commit CAS (release) below */
-        atomic_store_explicit(owner_slot, a->received_ns, memory_order_relaxed);
+        /* release: replaces our owner word with the first record's received time, published to the
+         * reader by the commit CAS below; release because a consumer that sees it may pad the
+         * claim without our commit (unblock_in_progress' acquire load), and this store must then
+         * happen before its zeroing and whatever is written there next */
+        atomic_store_explicit(owner_slot, a->received_ns, memory_order_release);
     }
     RING_RACE_POINT(RACE_CLAIM_BEFORE_COMMIT, index);
     expected = in_progress;
@@ -302,7 +385,7 @@ static void read_nogil(const ring_t *r, read_args *a) {
         /* acquire: pairs with the commit CAS (release) of the claim's first header, and through it
          * with every header and payload byte the producer stored before it */
         int64_t w = atomic_load_explicit(word(data, index), memory_order_acquire);
-        if (w == 0) {
+        if (no_header(r, w, position)) {
             status = READ_BLOCKED_ZERO;
             break;
         }
@@ -329,7 +412,7 @@ static void read_nogil(const ring_t *r, read_args *a) {
         a->received[count] = atomic_load_explicit(word(data, index + 8), memory_order_relaxed);
         a->starts[count] = used;
         a->lengths[count] = size;
-        memcpy(a->out + used, data + index + RECORD_HEADER_LENGTH, (size_t)size);
+        load_bytes(a->out + used, data + index + RECORD_HEADER_LENGTH, (size_t)size);
         a->out[used + size] = '\n';
         used += size + 1;
         count++;
@@ -361,26 +444,30 @@ static int unblock_zero_nogil(const ring_t *r, int64_t position) {
     int64_t index = position & r->mask;
     int64_t limit = r->capacity;
     if (producer - position < limit - index) limit = index + (producer - position);
+    /* in pieces that fit the int32 length of a padding record (rings may be larger than 2 GiB);
+     * the reader blocks on the next piece, which the next call pads */
+    if (limit - index > MAX_LENGTH) limit = index + MAX_LENGTH;
     _Atomic int64_t *first = word(data, index);
-    /* relaxed, pairs with nothing: a first look; the CAS below decides */
-    if (atomic_load_explicit(first, memory_order_relaxed) != 0) return 0;
+    /* relaxed, pairs with nothing: a first look; the CAS below decides (from this very value: a
+     * leftover word of another lap is replaced like a zero) */
+    int64_t first_word = atomic_load_explicit(first, memory_order_relaxed);
+    if (!no_header(r, first_word, position)) return 0;
     RING_RACE_POINT(RACE_UZ_FIRST_LOOK, index);
 
     /* relaxed scan, pairs with nothing: a candidate end, re-checked with seq_cst loads after
-     * publishing it */
-    int64_t scan = index + 8;
-    if (scan < limit && is_owner_word(atomic_load_explicit(word(data, scan), memory_order_relaxed)))
-        scan += 8; /* the owner word of the claim at `position` itself */
-    RING_RACE_POINT(RACE_UZ_SCANNED, index + 8);
+     * publishing it. Each word is read once, from index + 8 on (reading the owner slot twice let
+     * a producer's owner CAS between the reads end the run at its own start: a 0-byte padding) */
     int64_t end = limit;
-    for (int64_t off = scan; off < limit; off += 8) {
+    for (int64_t off = index + 8; off < limit; off += 8) {
         int64_t w = atomic_load_explicit(word(data, off), memory_order_relaxed);
         RING_RACE_POINT(RACE_UZ_SCANNED, off);
-        if (w != 0) {
-            end = is_owner_word(w) ? off - 8 : off; /* an owner word: its claim starts a word earlier */
+        int64_t run_end = zero_run_end(r, position, index, off, w);
+        if (run_end >= 0) {
+            end = run_end;
             break;
         }
     }
+    if (end - index < RECORD_ALIGNMENT) return 0; /* cannot happen by the rule above; never pad 0 bytes */
 
     _Atomic int64_t *unblock_first = word(r->base, UNBLOCK_FIRST_OFFSET);
     _Atomic int64_t *unblock_next = word(r->base, UNBLOCK_NEXT_OFFSET);
@@ -400,13 +487,13 @@ static int unblock_zero_nogil(const ring_t *r, int64_t position) {
     for (int64_t off = index + 8; off < end; off += 8) {
         /* seq_cst: the other half of the handshake above */
         int64_t w = atomic_load_explicit(word(data, off), memory_order_seq_cst);
-        if (w != 0 && !(off == index + 8 && is_owner_word(w))) {
+        if (zero_run_end(r, position, index, off, w) >= 0) {
             still_zero = 0;
             break;
         }
     }
     RING_RACE_POINT(RACE_UZ_RECHECKED, index);
-    int64_t expected = 0;
+    int64_t expected = first_word;
     /* seq_cst: against the header CAS from 0 of the claim at `position`: one of us owns the word */
     if (still_zero && atomic_compare_exchange_strong_explicit(first, &expected,
                                                               header_word((int32_t)(end - index), TYPE_PADDING),
@@ -431,8 +518,8 @@ static void zero_range(const ring_t *r, int64_t first, int64_t next) {
     if (length > r->capacity) length = r->capacity;
     int64_t index = first & r->mask;
     int64_t head = r->capacity - index < length ? r->capacity - index : length;
-    memset(r->base + HEADER_LENGTH + index, 0, (size_t)head);
-    if (length > head) memset(r->base + HEADER_LENGTH, 0, (size_t)(length - head));
+    zero_bytes(r->base + HEADER_LENGTH + index, (size_t)head);
+    if (length > head) zero_bytes(r->base + HEADER_LENGTH, (size_t)(length - head));
 }
 
 
@@ -443,10 +530,14 @@ static int unblock_in_progress_nogil(const ring_t *r, int64_t position, int64_t 
     /* only an in-progress header (negative length of a whole claim) can be abandoned, and only
      * where the consumer has not released yet (relaxed: the consumer's own field) */
     if (length >= 0 || -(int64_t)length > r->capacity || (-(int64_t)length) % RECORD_ALIGNMENT != 0 ||
+        no_header(r, expected_word, position) ||
         position < atomic_load_explicit(word(r->base, CONSUMER_POSITION_OFFSET), memory_order_relaxed))
         return 0;
+    int64_t index = position & r->mask;
+    if (index + 8 < r->capacity) /* acquire: pairs with the producer's release store of the received time */
+        (void)atomic_load_explicit(word(r->base + HEADER_LENGTH, index + 8), memory_order_acquire);
     int64_t expected = expected_word;
-    _Atomic int64_t *header = word(r->base + HEADER_LENGTH, position & r->mask);
+    _Atomic int64_t *header = word(r->base + HEADER_LENGTH, index);
     /* acq_rel: against the producer's commit CAS on the same word, exactly one leaves in-progress
      * (the loser learns it from its failed CAS) */
     int ok = atomic_compare_exchange_strong_explicit(header, &expected, header_word(-length, TYPE_PADDING),
