@@ -5,7 +5,7 @@ STAMP := .make-installed
 
 .PHONY: install run test test-fast bench bench-e2e lint clean
 
-$(STAMP): pyproject.toml setup.py native/ring.c
+$(STAMP): pyproject.toml setup.py native/ring.c native/ring_core.h
 	$(PIP) install --quiet -e '.[test]'
 	$(PYTHON) -c "import ringgate.ring as r; print('ringgate ring implementation:', r.IMPL_NAME)"
 	@touch $(STAMP)

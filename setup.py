@@ -26,6 +26,7 @@ setup(
         Extension(
             "ringgate._ring",
             sources=["native/ring.c"],
+            depends=["native/ring_core.h"],
             extra_compile_args=["-O2", "-std=c11", "-Wall", "-Wextra"],
         )
     ],

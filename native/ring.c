@@ -1,117 +1,21 @@
-/* ringgate._ring: the shared-memory ring's claim/commit, read, unblock and release in C11 atomics.
- *
- * The contract is ringgate/ring/layout.py (byte layout, claim and unblock protocol); the
- * behaviour is that of ringgate/ring/_pyring.py, the readable reference and the test oracle:
- * same functions, same arguments, same return codes, same bytes in the segment. Index
- * arithmetic and atomics only: flat functions over a buffer (the whole segment, header + data)
- * that return integer codes, one call per request or per batch read, never per record.
- *
- * Atomics on a shared mapping
- * ---------------------------
- * The segment is a MAP_SHARED mapping of /dev/shm, mapped by several processes at different
- * addresses. C11 defines atomic operations on objects declared _Atomic; we view 8-byte aligned
- * words of the mapping as `_Atomic int64_t` through a cast (word() below). That is sound where
- * `_Atomic int64_t` is lock-free and has the size, alignment and representation of `int64_t`
- * (checked at compile time and at import): its operations are then single instructions on the
- * memory itself (lock cmpxchg, ldaxr/stlxr, casal), which act on the physical page whoever maps
- * it. A lock-based atomic would take a lock private to this process, so the import refuses it.
- *
- * Payload copies and the consumer's zeroing are plain memcpy/memset: nobody reads those bytes
- * before the release/acquire edge that publishes them (the commit CAS; FREE_POSITION), and the
- * only racing accesses are compare-and-swaps from 0 by stale producers, for which a torn word is
- * simply "not 0" (the CAS fails and the producer reports CLAIM_LOST).
- */
+/* ringgate._ring: CPython glue over native/ring_core.h (the ring's claim/commit, read, unblock
+ * and release in C11 atomics): argument checks, buffers, the GIL, errors. The protocol and its
+ * memory orders are in ring_core.h; the contract in ringgate/ring/layout.py. */
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
-#include <signal.h>
-#include <stdatomic.h>
-#include <stdint.h>
-#include <string.h>
+#include <inttypes.h>
+#include <stdio.h>
 
-#if !defined(__STDC_VERSION__) || __STDC_VERSION__ < 201112L || defined(__STDC_NO_ATOMICS__)
-#error "ringgate._ring needs C11 atomics"
-#endif
-
-_Static_assert(sizeof(_Atomic int64_t) == sizeof(int64_t), "_Atomic int64_t must be a plain 8-byte word");
-_Static_assert(_Alignof(_Atomic int64_t) <= 8, "_Atomic int64_t must need at most 8-byte alignment");
-
-/* ---- layout: mirrors ringgate/ring/layout.py (tests compare them through LAYOUT) ---------- */
-
-#define HEADER_LENGTH 4096
-#define MIN_CAPACITY (64 * 1024)
-
-#define CAPACITY_OFFSET 16
-#define UNBLOCKED_COUNT_OFFSET 56
-#define PRODUCER_POSITION_OFFSET 128
-#define CONSUMER_POSITION_OFFSET 256
-#define FREE_POSITION_OFFSET 264
-#define UNBLOCK_FIRST_OFFSET 400
-#define UNBLOCK_NEXT_OFFSET 408
-
-#define MAX_LENGTH (1LL << 30) /* record and claim lengths are int32 in the header */
-
-#define RECORD_HEADER_LENGTH 16
-#define RECORD_ALIGNMENT 8
-#define TYPE_DATA 1
-#define TYPE_PADDING 2
-
-#define CLAIM_OK 0
-#define CLAIM_FULL (-1)
-#define CLAIM_LOST (-2)
-#define CLAIM_TOO_LARGE (-3)
-#define READ_IDLE 0
-#define READ_BLOCKED_IN_PROGRESS 1
-#define READ_BLOCKED_ZERO 2
-
-#define STOP_NONE 0
-#define STOP_BEFORE_HEADER 1
-#define STOP_AFTER_HEADER 2
-
-/* internal: the producer position is not a valid claim start (a corrupt header) */
-#define CLAIM_CORRUPT (-100)
+#include "ring_core.h"
 
 /* Claims copying at least this much release the GIL around the copy; below it the GIL round
  * trip costs more than it frees (HTTP workers run one Python thread each). */
 #define RELEASE_GIL_BYTES (64 * 1024)
 
-#define IMPL_NATIVE 1
-
-static inline int64_t align8(int64_t length) {
-    return (length + RECORD_ALIGNMENT - 1) & ~(int64_t)(RECORD_ALIGNMENT - 1);
-}
-
-/* layout.max_record_length / max_claim_length */
-static inline int64_t max_record_length(int64_t capacity) { return capacity / 8 < MAX_LENGTH ? capacity / 8 : MAX_LENGTH; }
-
-static inline int64_t max_claim_length(int64_t capacity) { return capacity / 2 < MAX_LENGTH ? capacity / 2 : MAX_LENGTH; }
-
-static inline int64_t header_word(int32_t length, int32_t type) {
-    return (int64_t)((uint64_t)(uint32_t)length | ((uint64_t)(uint32_t)type << 32));
-}
-
-static inline int32_t word_length(int64_t word) { return (int32_t)(uint32_t)((uint64_t)word & 0xFFFFFFFFu); }
-
-static inline int32_t word_type(int64_t word) { return (int32_t)(uint32_t)((uint64_t)word >> 32); }
-
-/* An owner word (layout.py "Claims") has bit 63 set: negative as int64, unlike any header word
- * (type 1 or 2 in the high half) or received time. */
-static inline int is_owner_word(int64_t word) { return word < 0; }
-
-/* The cast documented at the top: `base + offset` is 8-byte aligned (checked in ring_open and
- * by every caller's position validation) and lies inside the caller's buffer. */
-static inline _Atomic int64_t *word(char *base, int64_t offset) {
-    return (_Atomic int64_t *)(void *)(base + offset);
-}
-
 /* ---- argument handling ------------------------------------------------------------------- */
 
-typedef struct {
-    char *base;       /* start of the segment (header) */
-    int64_t capacity; /* data bytes, a power of two */
-    int64_t mask;
-} ring_t;
 
 static int ring_open(Py_buffer *view, ring_t *r) {
     if (view->len < HEADER_LENGTH + MIN_CAPACITY) {
@@ -123,20 +27,19 @@ static int ring_open(Py_buffer *view, ring_t *r) {
         PyErr_SetString(PyExc_ValueError, "ring buffer is not 8-byte aligned");
         return -1;
     }
-    r->base = (char *)view->buf;
     /* relaxed: written once by Ring.create before any other process maps the segment */
-    r->capacity = atomic_load_explicit(word(r->base, CAPACITY_OFFSET), memory_order_relaxed);
-    if (r->capacity < MIN_CAPACITY || (r->capacity & (r->capacity - 1)) != 0) {
+    int64_t capacity = atomic_load_explicit(word((char *)view->buf, CAPACITY_OFFSET), memory_order_relaxed);
+    if (capacity < MIN_CAPACITY || (capacity & (capacity - 1)) != 0) {
         PyErr_Format(PyExc_ValueError, "ring capacity in the header must be a power of two >= %d: %lld",
-                     MIN_CAPACITY, (long long)r->capacity);
+                     MIN_CAPACITY, (long long)capacity);
         return -1;
     }
-    if (r->capacity > view->len - HEADER_LENGTH) {
+    if (capacity > view->len - HEADER_LENGTH) {
         PyErr_Format(PyExc_ValueError, "ring capacity in the header (%lld) exceeds the buffer (%zd bytes)",
-                     (long long)r->capacity, view->len);
+                     (long long)capacity, view->len);
         return -1;
     }
-    r->mask = r->capacity - 1;
+    ring_setup(r, (char *)view->buf, capacity);
     return 0;
 }
 
@@ -163,135 +66,6 @@ static int check_position(long long position, const char *name) {
         return -1;
     }
     return 0;
-}
-
-/* ---- claim / commit ---------------------------------------------------------------------- */
-
-/* True when the consumer padded, or padded and passed, the claim starting at `position`.
- * seq_cst loads: with the producer's seq_cst owner and header CASes they form the handshake with
- * unblock_zero (its seq_cst store of UNBLOCK_NEXT, then seq_cst loads of the run) and with
- * release (seq_cst store of CONSUMER_POSITION, then a fence, then the zeroing): either the
- * consumer sees our words, or we see its position. */
-static inline int claim_passed(char *base, int64_t position) {
-    if (atomic_load_explicit(word(base, UNBLOCK_NEXT_OFFSET), memory_order_seq_cst) > position) return 1;
-    return atomic_load_explicit(word(base, CONSUMER_POSITION_OFFSET), memory_order_seq_cst) > position;
-}
-
-typedef struct {
-    const char *blob;
-    const int64_t *lengths;
-    Py_ssize_t n;
-    int64_t total; /* framed bytes of the records */
-    int64_t received_ns;
-    int64_t owner;
-    int stop_at;
-    int64_t first_position; /* out */
-    int64_t next_position;  /* out */
-} claim_args;
-
-static int claim_commit_nogil(const ring_t *r, claim_args *a) {
-    char *base = r->base;
-    char *data = base + HEADER_LENGTH;
-    _Atomic int64_t *producer = word(base, PRODUCER_POSITION_OFFSET);
-    int64_t capacity = r->capacity;
-    int64_t position, index, gap, tail, claim;
-
-    /* relaxed: the expected value of the CAS below, which re-reads it on failure */
-    position = atomic_load_explicit(producer, memory_order_relaxed);
-    for (;;) {
-        /* acquire: pairs with the release store of FREE_POSITION in release(): everything below
-         * FREE_POSITION + capacity was zeroed before it, so our header CAS from 0 is meaningful */
-        int64_t free_position = atomic_load_explicit(word(base, FREE_POSITION_OFFSET), memory_order_acquire);
-        index = position & r->mask;
-        if (position < 0 || (position & (RECORD_ALIGNMENT - 1)) != 0 || index == capacity - RECORD_ALIGNMENT)
-            return CLAIM_CORRUPT;
-        gap = index + a->total > capacity ? capacity - index : 0;
-        /* never end a claim one word before the end: the next claim's owner word would not fit */
-        tail = (gap == 0 && index + a->total == capacity - RECORD_ALIGNMENT) ? RECORD_ALIGNMENT : 0;
-        claim = gap + a->total + tail;
-        if (position + claim - free_position > capacity) return CLAIM_FULL;
-        /* relaxed (success and failure): the position publishes nothing; the space is acquired
-         * through FREE_POSITION above and the records are released by the commit CAS below */
-        if (atomic_compare_exchange_weak_explicit(producer, &position, position + claim, memory_order_relaxed,
-                                                  memory_order_relaxed))
-            break;
-    }
-    if (a->stop_at == STOP_BEFORE_HEADER) raise(SIGSTOP);
-
-    /* a producer stalled since its position CAS finds out before writing anything */
-    if (claim_passed(base, position)) return CLAIM_LOST;
-
-    _Atomic int64_t *first_header = word(data, index);
-    _Atomic int64_t *owner_slot = word(data, index + 8);
-    int64_t expected = 0;
-    /* seq_cst: pairs with unblock_zero's seq_cst loads of the run after it published
-     * UNBLOCK_NEXT (it sees this word and aborts, or claim_passed below sees UNBLOCK_NEXT).
-     * From 0: fails if the consumer or another claim already owns the space. */
-    if (!atomic_compare_exchange_strong_explicit(owner_slot, &expected, a->owner, memory_order_seq_cst,
-                                                 memory_order_relaxed))
-        return CLAIM_LOST;
-
-    int64_t in_progress = header_word((int32_t)-claim, gap ? TYPE_PADDING : TYPE_DATA);
-    expected = 0;
-    /* seq_cst: same pairing as the owner CAS; and against unblock_zero's CAS of this word from 0
-     * (whoever wins owns the header) */
-    if (!atomic_compare_exchange_strong_explicit(first_header, &expected, in_progress, memory_order_seq_cst,
-                                                 memory_order_relaxed)) {
-        expected = a->owner;
-        /* relaxed: only takes back our own owner word; publishes nothing */
-        atomic_compare_exchange_strong_explicit(owner_slot, &expected, 0, memory_order_relaxed, memory_order_relaxed);
-        return CLAIM_LOST;
-    }
-    if (claim_passed(base, position)) {
-        /* relaxed: undo our two words (the consumer skips or zeroes this space either way); a CAS
-         * so we never clear a word that is no longer ours */
-        expected = in_progress;
-        atomic_compare_exchange_strong_explicit(first_header, &expected, 0, memory_order_relaxed, memory_order_relaxed);
-        expected = a->owner;
-        atomic_compare_exchange_strong_explicit(owner_slot, &expected, 0, memory_order_relaxed, memory_order_relaxed);
-        return CLAIM_LOST;
-    }
-    if (a->stop_at == STOP_AFTER_HEADER) raise(SIGSTOP);
-
-    int64_t data_position = position + gap;
-    int64_t offset = data_position & r->mask;
-    const char *src = a->blob;
-    for (Py_ssize_t i = 0; i < a->n; i++) {
-        int64_t length = a->lengths[i];
-        if (i > 0 || gap) {
-            /* relaxed: the claim's other headers are published by the commit CAS (release) below;
-             * no reader reaches them before the first header is committed */
-            atomic_store_explicit(word(data, offset),
-                                  header_word((int32_t)(RECORD_HEADER_LENGTH + length), TYPE_DATA),
-                                  memory_order_relaxed);
-            atomic_store_explicit(word(data, offset + 8), a->received_ns, memory_order_relaxed);
-        }
-        memcpy(data + offset + RECORD_HEADER_LENGTH, src, (size_t)length);
-        src += length;
-        offset += align8(RECORD_HEADER_LENGTH + length);
-    }
-    if (tail) /* relaxed: published by the commit CAS like the other headers */
-        atomic_store_explicit(word(data, offset), header_word(RECORD_ALIGNMENT, TYPE_PADDING), memory_order_relaxed);
-
-    int64_t committed;
-    if (gap) {
-        committed = header_word((int32_t)gap, TYPE_PADDING);
-    } else {
-        committed = header_word((int32_t)(RECORD_HEADER_LENGTH + a->lengths[0]), TYPE_DATA);
-        /* relaxed: replaces our owner word with the first record's received time; published by
-         * the commit CAS (release) below */
-        atomic_store_explicit(owner_slot, a->received_ns, memory_order_relaxed);
-    }
-    expected = in_progress;
-    /* release on success: pairs with read()'s acquire load of this header, publishing every
-     * store of the claim above. Against unblock_in_progress's CAS: exactly one leaves in-progress;
-     * failing means the consumer padded the claim and we lost it. */
-    if (!atomic_compare_exchange_strong_explicit(first_header, &expected, committed, memory_order_release,
-                                                 memory_order_relaxed))
-        return CLAIM_LOST;
-    a->first_position = data_position;
-    a->next_position = position + claim;
-    return CLAIM_OK;
 }
 
 static PyObject *ring_claim_commit(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwds) {
@@ -378,83 +152,6 @@ done:
     return result;
 }
 
-/* ---- read -------------------------------------------------------------------------------- */
-
-typedef struct {
-    int64_t cursor;
-    Py_ssize_t max_records;
-    int64_t max_bytes;
-    int64_t *positions, *received, *starts, *lengths;
-    char *out;
-    Py_ssize_t out_len;
-    /* results */
-    Py_ssize_t count;
-    int64_t next_cursor;
-    int64_t used;
-    int status;
-    int64_t corrupt_position; /* >= 0: the record header there is invalid */
-    int64_t corrupt_word;
-} read_args;
-
-static void read_nogil(const ring_t *r, read_args *a) {
-    char *data = r->base + HEADER_LENGTH;
-    /* relaxed, pairs with nothing: bounds the scan only; each record is acquired through its
-     * own header word */
-    int64_t producer = atomic_load_explicit(word(r->base, PRODUCER_POSITION_OFFSET), memory_order_relaxed);
-    int64_t position = a->cursor;
-    int64_t used = 0;
-    Py_ssize_t count = 0;
-    int status = READ_IDLE;
-    a->corrupt_position = -1;
-
-    while (count < a->max_records && position < producer) {
-        int64_t index = position & r->mask;
-        /* acquire: pairs with the commit CAS (release) of the claim's first header, and through it
-         * with every header and payload byte the producer stored before it */
-        int64_t w = atomic_load_explicit(word(data, index), memory_order_acquire);
-        if (w == 0) {
-            status = READ_BLOCKED_ZERO;
-            break;
-        }
-        int32_t length = word_length(w);
-        int32_t type = word_type(w);
-        if (length < 0) {
-            status = READ_BLOCKED_IN_PROGRESS;
-            break;
-        }
-        if (type == TYPE_PADDING) {
-            /* an abandoned claim that wrapped is one padding record over its gap and its data */
-            if (length < RECORD_ALIGNMENT || length > r->capacity) goto corrupt;
-            position += align8(length);
-            continue;
-        }
-        if (type != TYPE_DATA || length < RECORD_HEADER_LENGTH || align8(length) > max_record_length(r->capacity) ||
-            index + align8(length) > r->capacity)
-            goto corrupt;
-        int64_t size = length - RECORD_HEADER_LENGTH;
-        if (count && used + size > a->max_bytes) break;
-        if (size + 1 > a->out_len - used) goto corrupt; /* unreachable with the checked sizes; never overflow */
-        a->positions[count] = position;
-        /* relaxed: ordered after the header's acquire load above */
-        a->received[count] = atomic_load_explicit(word(data, index + 8), memory_order_relaxed);
-        a->starts[count] = used;
-        a->lengths[count] = size;
-        memcpy(a->out + used, data + index + RECORD_HEADER_LENGTH, (size_t)size);
-        a->out[used + size] = '\n';
-        used += size + 1;
-        count++;
-        position += align8(length);
-    }
-    a->count = count;
-    a->next_cursor = position;
-    a->used = used;
-    a->status = status;
-    return;
-corrupt:
-    a->corrupt_position = position;
-    a->corrupt_word = atomic_load_explicit(word(data, position & r->mask), memory_order_relaxed);
-}
-
 static PyObject *ring_read(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwds) {
     static char *kwlist[] = {"buf", "cursor", "max_records", "max_bytes", "positions", "received", "starts",
                              "lengths", "data", NULL};
@@ -502,11 +199,14 @@ static PyObject *ring_read(PyObject *Py_UNUSED(module), PyObject *args, PyObject
     read_nogil(&r, &a);
     Py_END_ALLOW_THREADS
     if (a.corrupt_position >= 0) {
-        PyErr_Format(PyExc_ValueError, "corrupt ring: invalid record header 0x%016llx at position %lld",
-                     (unsigned long long)a.corrupt_word, (long long)a.corrupt_position);
+        /* PyErr_Format has no %llx, nor zero padding: format the word here */
+        char hex[17];
+        snprintf(hex, sizeof hex, "%016" PRIx64, (uint64_t)a.corrupt_word);
+        PyErr_Format(PyExc_ValueError, "corrupt ring: invalid record header 0x%s at position %lld", hex,
+                     (long long)a.corrupt_position);
         goto done;
     }
-    result = Py_BuildValue("(nLLi)", a.count, (long long)a.next_cursor, (long long)a.used, a.status);
+    result = Py_BuildValue("(nLLi)", (Py_ssize_t)a.count, (long long)a.next_cursor, (long long)a.used, a.status);
 
 done:
     for (i = 0; i < 4; i++)
@@ -528,97 +228,11 @@ static PyObject *ring_unblock_in_progress(PyObject *Py_UNUSED(module), PyObject 
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "w*LL:unblock_in_progress", kwlist, &buf, &position, &expected_word))
         return NULL;
     if (ring_open(&buf, &r) < 0 || check_position(position, "position") < 0) goto done;
-    int32_t length = word_length(expected_word);
-    /* only an in-progress header (negative length of a whole claim) can be abandoned, and only
-     * where the consumer has not released yet (relaxed: the consumer's own field) */
-    if (length >= 0 || -(int64_t)length > r.capacity || (-(int64_t)length) % RECORD_ALIGNMENT != 0 ||
-        position < atomic_load_explicit(word(r.base, CONSUMER_POSITION_OFFSET), memory_order_relaxed)) {
-        result = Py_NewRef(Py_False);
-        goto done;
-    }
-    int64_t expected = expected_word;
-    _Atomic int64_t *header = word(r.base + HEADER_LENGTH, position & r.mask);
-    /* acq_rel: against the producer's commit CAS on the same word, exactly one leaves in-progress
-     * (the loser learns it from its failed CAS) */
-    int ok = atomic_compare_exchange_strong_explicit(header, &expected, header_word(-length, TYPE_PADDING),
-                                                     memory_order_acq_rel, memory_order_relaxed);
-    if (ok) /* relaxed: a metric, orders nothing */
-        atomic_fetch_add_explicit(word(r.base, UNBLOCKED_COUNT_OFFSET), 1, memory_order_relaxed);
+    int ok = unblock_in_progress_nogil(&r, position, expected_word);
     result = Py_NewRef(ok ? Py_True : Py_False);
 done:
     PyBuffer_Release(&buf);
     return result;
-}
-
-/* The zero run at `position`: a producer died (or stalls) between its position CAS and its
- * header CAS. Returns 1 when padded. */
-static int unblock_zero_nogil(const ring_t *r, int64_t position) {
-    char *data = r->base + HEADER_LENGTH;
-    /* relaxed, pairs with nothing: bounds the run only; every word in it is re-checked with
-     * seq_cst loads after UNBLOCK_NEXT is published */
-    int64_t producer = atomic_load_explicit(word(r->base, PRODUCER_POSITION_OFFSET), memory_order_relaxed);
-    /* nothing claimed there; or already released, where producers may be claiming again
-     * (relaxed: the consumer's own field) */
-    if (position >= producer ||
-        position < atomic_load_explicit(word(r->base, CONSUMER_POSITION_OFFSET), memory_order_relaxed))
-        return 0;
-    int64_t index = position & r->mask;
-    int64_t limit = r->capacity;
-    if (producer - position < limit - index) limit = index + (producer - position);
-    _Atomic int64_t *first = word(data, index);
-    /* relaxed, pairs with nothing: a first look; the CAS below decides */
-    if (atomic_load_explicit(first, memory_order_relaxed) != 0) return 0;
-
-    /* relaxed scan, pairs with nothing: a candidate end, re-checked with seq_cst loads after
-     * publishing it */
-    int64_t scan = index + 8;
-    if (scan < limit && is_owner_word(atomic_load_explicit(word(data, scan), memory_order_relaxed)))
-        scan += 8; /* the owner word of the claim at `position` itself */
-    int64_t end = limit;
-    for (int64_t off = scan; off < limit; off += 8) {
-        int64_t w = atomic_load_explicit(word(data, off), memory_order_relaxed);
-        if (w != 0) {
-            end = is_owner_word(w) ? off - 8 : off; /* an owner word: its claim starts a word earlier */
-            break;
-        }
-    }
-
-    _Atomic int64_t *unblock_first = word(r->base, UNBLOCK_FIRST_OFFSET);
-    _Atomic int64_t *unblock_next = word(r->base, UNBLOCK_NEXT_OFFSET);
-    /* relaxed: only the consumer (holding the consumer lock) writes these */
-    int64_t old_first = atomic_load_explicit(unblock_first, memory_order_relaxed);
-    int64_t old_next = atomic_load_explicit(unblock_next, memory_order_relaxed);
-    int64_t next = position + (end - index);
-    /* seq_cst: pairs with the producers' seq_cst owner/header CASes and their seq_cst load of
-     * UNBLOCK_NEXT in claim_passed(): a producer of a claim in the run either shows up in the
-     * loads below (we abort) or sees this store (it reports CLAIM_LOST). Monotonic, so a
-     * producer stalled inside an earlier padded run still sees that it lost. */
-    atomic_store_explicit(unblock_first, position, memory_order_seq_cst);
-    if (next > old_next) atomic_store_explicit(unblock_next, next, memory_order_seq_cst);
-
-    int still_zero = 1;
-    for (int64_t off = index + 8; off < end; off += 8) {
-        /* seq_cst: the other half of the handshake above */
-        int64_t w = atomic_load_explicit(word(data, off), memory_order_seq_cst);
-        if (w != 0 && !(off == index + 8 && is_owner_word(w))) {
-            still_zero = 0;
-            break;
-        }
-    }
-    int64_t expected = 0;
-    /* seq_cst: against the header CAS from 0 of the claim at `position`: one of us owns the word */
-    if (still_zero && atomic_compare_exchange_strong_explicit(first, &expected,
-                                                              header_word((int32_t)(end - index), TYPE_PADDING),
-                                                              memory_order_seq_cst, memory_order_relaxed)) {
-        /* relaxed: a metric, orders nothing */
-        atomic_fetch_add_explicit(word(r->base, UNBLOCKED_COUNT_OFFSET), 1, memory_order_relaxed);
-        return 1;
-    }
-    /* nothing was padded: take the range back (seq_cst like the publication; a producer that saw
-     * it meanwhile reported CLAIM_LOST, which is safe) */
-    atomic_store_explicit(unblock_next, old_next, memory_order_seq_cst);
-    atomic_store_explicit(unblock_first, old_first, memory_order_seq_cst);
-    return 0;
 }
 
 static PyObject *ring_unblock_zero(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwds) {
@@ -640,18 +254,6 @@ done:
     return result;
 }
 
-/* ---- release ----------------------------------------------------------------------------- */
-
-static void zero_range(const ring_t *r, int64_t first, int64_t next) {
-    int64_t length = next - first;
-    if (length <= 0) return;
-    if (length > r->capacity) length = r->capacity;
-    int64_t index = first & r->mask;
-    int64_t head = r->capacity - index < length ? r->capacity - index : length;
-    memset(r->base + HEADER_LENGTH + index, 0, (size_t)head);
-    if (length > head) memset(r->base + HEADER_LENGTH, 0, (size_t)(length - head));
-}
-
 static PyObject *ring_release(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwds) {
     static char *kwlist[] = {"buf", "next_position", NULL};
     Py_buffer buf = {0};
@@ -668,23 +270,9 @@ static PyObject *ring_release(PyObject *Py_UNUSED(module), PyObject *args, PyObj
                      (long long)producer);
         goto done;
     }
-    _Atomic int64_t *consumer = word(r.base, CONSUMER_POSITION_OFFSET);
-    _Atomic int64_t *free_position = word(r.base, FREE_POSITION_OFFSET);
-    /* relaxed: only the consumer (holding the consumer lock) writes these two */
-    int64_t free_old = atomic_load_explicit(free_position, memory_order_relaxed);
-    if (next_position > atomic_load_explicit(consumer, memory_order_relaxed))
-        /* seq_cst: pairs with the producers' seq_cst load in claim_passed() */
-        atomic_store_explicit(consumer, next_position, memory_order_seq_cst);
-    /* seq_cst fence: CONSUMER_POSITION is visible before any zero below, so a stale producer whose
-     * CAS from 0 succeeds on a zeroed word then sees that the consumer passed its claim */
-    atomic_thread_fence(memory_order_seq_cst);
     Py_BEGIN_ALLOW_THREADS
-    zero_range(&r, free_old, next_position);
+    release_nogil(&r, next_position);
     Py_END_ALLOW_THREADS
-    if (next_position > free_old)
-        /* release: pairs with the producers' acquire load of FREE_POSITION: the zeroes are visible
-         * to whoever claims this space */
-        atomic_store_explicit(free_position, next_position, memory_order_release);
     result = Py_NewRef(Py_None);
 done:
     PyBuffer_Release(&buf);
@@ -718,14 +306,15 @@ static int ring_exec(PyObject *module) {
     }
     if (PyModule_AddIntConstant(module, "IMPL", IMPL_NATIVE) < 0) return -1;
     PyObject *layout = Py_BuildValue(
-        "{sisisisisisisisisisisisisisisisisisisisi}", "HEADER_LENGTH", HEADER_LENGTH, "MIN_CAPACITY", MIN_CAPACITY, "MAX_LENGTH", (int)MAX_LENGTH,
+        "{sisisisisisisisisisisisisisisisisisisisisisi}", "HEADER_LENGTH", HEADER_LENGTH, "MIN_CAPACITY", MIN_CAPACITY, "MAX_LENGTH", (int)MAX_LENGTH,
         "CAPACITY_OFFSET", CAPACITY_OFFSET, "UNBLOCKED_COUNT_OFFSET", UNBLOCKED_COUNT_OFFSET,
         "PRODUCER_POSITION_OFFSET", PRODUCER_POSITION_OFFSET, "CONSUMER_POSITION_OFFSET", CONSUMER_POSITION_OFFSET,
         "FREE_POSITION_OFFSET", FREE_POSITION_OFFSET, "UNBLOCK_FIRST_OFFSET", UNBLOCK_FIRST_OFFSET,
         "UNBLOCK_NEXT_OFFSET", UNBLOCK_NEXT_OFFSET, "RECORD_HEADER_LENGTH", RECORD_HEADER_LENGTH, "RECORD_ALIGNMENT",
         RECORD_ALIGNMENT, "TYPE_DATA", TYPE_DATA, "TYPE_PADDING", TYPE_PADDING, "CLAIM_FULL", CLAIM_FULL,
         "CLAIM_LOST", CLAIM_LOST, "CLAIM_TOO_LARGE", CLAIM_TOO_LARGE, "READ_IDLE", READ_IDLE,
-        "READ_BLOCKED_IN_PROGRESS", READ_BLOCKED_IN_PROGRESS, "READ_BLOCKED_ZERO", READ_BLOCKED_ZERO);
+        "READ_BLOCKED_IN_PROGRESS", READ_BLOCKED_IN_PROGRESS, "READ_BLOCKED_ZERO", READ_BLOCKED_ZERO, "LAP_SHIFT", LAP_SHIFT,
+        "LAP_BITS", LAP_BITS);
     if (layout == NULL) return -1;
     if (PyModule_AddObject(module, "LAYOUT", layout) < 0) {
         Py_DECREF(layout);

@@ -17,6 +17,7 @@ import fcntl
 import importlib
 import mmap
 import os
+import platform
 import struct
 import time
 from collections.abc import Iterator
@@ -45,8 +46,21 @@ def _load_impl():
                 raise ImportError(
                     "RINGGATE_IMPL=native but the native ring cannot be loaded; tried: " + "; ".join(tried)
                 ) from exc
+    machine = platform.machine()
+    if machine.lower() not in STORE_ORDERED_MACHINES:
+        tried.append(f"python (the pure-Python ring needs x86-64's store order; this CPU is {machine or 'unknown'})")
+        raise ImportError(
+            "no ring implementation can run here; tried: " + "; ".join(tried)
+            + ": build the native ring (a C11 compiler, then `pip install ringgate`)"
+        )
     return importlib.import_module("ringgate.ring._pyring")
 
+
+#: Where the pure-Python ring may run. It has no atomics: a reader trusts that once it sees a
+#: committed header it sees the payload stored before it. x86-64 keeps stores in order and loads
+#: in order (TSO) and does an aligned 8-byte access in one instruction; a weakly ordered CPU
+#: (aarch64, POWER, RISC-V) can show the header first and the reader copies stale bytes.
+STORE_ORDERED_MACHINES = ("x86_64", "amd64")
 
 impl = _load_impl()
 IMPL_NAME = L.IMPL_NAMES[impl.IMPL]

@@ -7,7 +7,10 @@ serialised, and the consumer only pads a claim while no producer is between clai
 The kernel drops the lock when its holder dies, so a killed producer cannot hold it forever.
 `read` and `release` take no lock: an aligned int64 store through a `memoryview.cast("q")` is one
 machine store, and the committing store of a claim's first header comes after every other store
-of the claim.
+of the claim. That holds on x86-64 only (stores seen in program order, loads done in order), so
+ringgate.ring refuses to choose this ring anywhere else (STORE_ORDERED_MACHINES); a weakly
+ordered CPU would need the flock around every read, which would stall the consumer behind any
+stopped producer.
 
 Every function takes `buf`, a writable memoryview of the whole segment (header + data), and
 validates its arguments like native/ring.c does (ValueError), so a bad call or a corrupt ring
@@ -30,6 +33,7 @@ from .layout import (
     FREE_POSITION_OFFSET,
     HEADER_LENGTH,
     IMPL_PYTHON,
+    MAX_LENGTH,
     MIN_CAPACITY,
     PRODUCER_POSITION_OFFSET,
     READ_BLOCKED_IN_PROGRESS,
@@ -46,10 +50,13 @@ from .layout import (
     UNBLOCKED_COUNT_OFFSET,
     align,
     header_word,
+    in_progress_word,
     is_owner_word,
     max_claim_length,
     max_record_length,
+    no_header,
     split_word,
+    zero_run_end,
 )
 
 IMPL = IMPL_PYTHON
@@ -126,7 +133,7 @@ def claim_commit(buf, blob, lengths, received_ns: int, owner: int, stop_at: int 
     if q[first_word + 1] != 0:  # the owner word first: a header never exists without it
         return CLAIM_LOST, 0, 0
     q[first_word + 1] = owner
-    in_progress = header_word(-claim, TYPE_PADDING if gap else TYPE_DATA)
+    in_progress = in_progress_word(claim, TYPE_PADDING if gap else TYPE_DATA, position, capacity)
     if q[first_word] != 0:  # the consumer padded this claim while we were stopped
         _put_back(q, first_word + 1, owner)
         return CLAIM_LOST, 0, 0
@@ -209,7 +216,9 @@ def read(buf, cursor: int, max_records: int, max_bytes: int, positions, received
         index = position & mask
         offset = HEADER_LENGTH + index
         word = q[offset // _W]
-        if word == 0:
+        # zero or an owner word; or an in-progress word (length bit 31) of another lap. Inline for
+        # the committed word of every record, so it costs no call
+        if word <= 0 or (word & 0x80000000 and no_header(word, position, capacity)):
             status = READ_BLOCKED_ZERO
             break
         length, type_ = split_word(word)
@@ -256,6 +265,8 @@ def unblock_in_progress(buf, position: int, expected_word: int) -> bool:
     length, _ = split_word(expected_word)
     if length >= 0 or -length > capacity or -length % RECORD_ALIGNMENT:  # not an in-progress header
         return False
+    if no_header(expected_word, position, capacity):  # another lap's: unblock_zero's to replace
+        return False
     if position < q[CONSUMER_POSITION_OFFSET // _W]:  # released already: producers may claim it again
         return False
     word_index = _BASE + (position & (capacity - 1)) // _W
@@ -269,9 +280,10 @@ def unblock_in_progress(buf, position: int, expected_word: int) -> bool:
 def unblock_zero(buf, position: int) -> bool:
     """Turn the zero run at `position` (a producer died before writing its header) into padding.
 
-    The run ends at the first non-zero word (an owner word: one word earlier, where its claim
-    starts; the owner word right after `position` is the run's own claim's), the producer
-    position or the end of the data region.
+    The run ends where layout.zero_run_end says (an owner word: one word earlier, where its
+    claim starts; the owner word right after `position` is the run's own claim's; words that
+    are no header count as zero), at the producer position, the end of the data region or
+    MAX_LENGTH bytes on (longer runs are padded in pieces).
     """
     q, capacity = _ring(buf)
     _check_position(position, "position")
@@ -280,38 +292,47 @@ def unblock_zero(buf, position: int) -> bool:
     if position >= producer or position < q[CONSUMER_POSITION_OFFSET // _W]:
         return False
     index = position & (capacity - 1)
-    limit = min(capacity, index + (producer - position))
+    limit = min(capacity, index + (producer - position), index + MAX_LENGTH)
     first_word = _BASE + index // _W
-    if q[first_word] != 0:
+    first = q[first_word]
+    if not no_header(first, position, capacity):
         return False
-    scan = index + _W
-    if scan < limit and is_owner_word(q[first_word + 1]):
-        scan += _W  # the owner word of the claim at `position` itself
-    words = np.frombuffer(buf, dtype=np.int64, count=(limit - scan) // _W, offset=HEADER_LENGTH + scan)
-    nonzero = np.flatnonzero(words)
-    if len(nonzero):
-        end = scan + int(nonzero[0]) * _W
-        if is_owner_word(int(words[nonzero[0]])):
-            end -= _W  # an owner word: its claim starts one word earlier
-    else:
+    end = _zero_run_end(buf, capacity, position, index, limit)
+    if end is None:
         end = limit
-    del words, nonzero
+    if end - index < RECORD_ALIGNMENT:  # cannot happen by the rule; never pad 0 bytes
+        return False
 
     old_first, old_next = q[UNBLOCK_FIRST_OFFSET // _W], q[UNBLOCK_NEXT_OFFSET // _W]
     q[UNBLOCK_FIRST_OFFSET // _W] = position
     q[UNBLOCK_NEXT_OFFSET // _W] = max(old_next, position + (end - index))  # only ever grows
     # confirm the run is still zero (in the pure-Python ring nothing can change it: the caller
     # holds the producer lock; kept so both implementations run the same protocol)
-    run = np.frombuffer(buf, dtype=np.int64, count=(end - index) // _W, offset=HEADER_LENGTH + index)
-    still_zero = not run[2:].any() and (len(run) < 2 or run[1] == 0 or is_owner_word(int(run[1])))
-    del run
-    if still_zero and q[first_word] == 0:
+    still_zero = _zero_run_end(buf, capacity, position, index, end) is None
+    if still_zero and q[first_word] == first:
         q[first_word] = header_word(end - index, TYPE_PADDING)
         q[UNBLOCKED_COUNT_OFFSET // _W] += 1
         return True
     q[UNBLOCK_NEXT_OFFSET // _W] = old_next  # nothing was padded: take the range back
     q[UNBLOCK_FIRST_OFFSET // _W] = old_first
     return False
+
+
+_SCAN_WORDS = 1 << 16  # numpy scans the run in pieces of 512 KiB: bounded temporaries
+
+
+def _zero_run_end(buf, capacity: int, position: int, index: int, limit: int) -> int | None:
+    """The data index where layout.zero_run_end ends the run, looking at [index + 8, limit); None
+    when nothing there ends it."""
+    for chunk in range(index + _W, limit, _SCAN_WORDS * _W):
+        count = min(_SCAN_WORDS, (limit - chunk) // _W)
+        words = np.frombuffer(buf, dtype=np.int64, count=count, offset=HEADER_LENGTH + chunk)
+        for k in np.flatnonzero(words).tolist():
+            end = zero_run_end(int(words[k]), position, index, chunk + k * _W, capacity)
+            if end >= 0:
+                return end
+        del words
+    return None
 
 
 def release(buf, next_position: int) -> None:

@@ -42,7 +42,8 @@ replaces an abandoned claim which wrapped: it spans the claim's gap and its data
 -----------------------------------------------------------------
      0  int32  length    HEADER + payload bytes, before alignment (the next record starts at
                          align8(length)); negative while the claim it opens is in progress
-     4  int32  type      TYPE_DATA or TYPE_PADDING
+     4  int32  type      TYPE_DATA or TYPE_PADDING; while in progress, bits 2..30 also hold the
+                         claim's LAP (see below)
      8  int64  received  wall-clock ns when the HTTP worker received the request;
                          in the first record of a claim: the claim's OWNER WORD until commit
                          (a gap padding record keeps it), bit 63 set | start time (bits 32..62)
@@ -53,6 +54,16 @@ replaces an abandoned claim which wrapped: it spans the claim's gap and its data
 Bytes 0..7 are one little-endian int64 word, `length | type << 32`, written with a single store
 or compare-and-swap, so a reader never sees a torn header. A padding record may be a single
 word (8 bytes); the reader reads nothing of a padding record but its first word.
+
+The IN-PROGRESS first word of a claim (in_progress_word) also carries the claim's lap:
+
+    bits  0..31  -(claim length)        bits 32..33  type        bits 34..62  lap        bit 63  0
+    lap = (position >> log2(capacity)) mod 2^LAP_BITS
+
+so the commit and undo CASes of a producer stalled since an earlier lap never match a newer
+claim of the same length at the same index. A first word that is NO HEADER (no_header: zero, an
+owner word, or an in-progress word of another lap, which only a producer killed during its undo
+leaves behind) reads as zero: READ_BLOCKED_ZERO, and unblock_zero replaces it like a zero.
 
 Claims
 ------
@@ -67,15 +78,15 @@ the next claim's owner word would not fit). The producer then
      never exists without its owner: a producer killed at any instant leaves either a zero
      header (maybe with an owner word) or an in-progress header with its owner word,
   3. CASes the first header from 0 to IN PROGRESS: length = -(claim length), type = PADDING if
-     the claim starts with the gap else DATA,
+     the claim starts with the gap else DATA, and the claim's lap,
   4. checks again that the claim is not passed; if it is, it puts both words back to 0 and
      reports LOST (HTTP 503): nothing it wrote was ever acknowledged,
   5. copies the records: every other header of the claim is written committed from the start;
      nobody can reach them before the first one is committed,
-  6. commits with one CAS of the first header to its committed value (with release; a first
-     data record gets its received time in place of the owner word just before), so a request
-     enters the ring whole or not at all. A producer whose commit CAS fails learns that its
-     claim was padded and reports LOST.
+  6. commits with one CAS of the first header from its in-progress word (lap included) to its
+     committed value (with release; a first data record gets its received time in place of the
+     owner word just before), so a request enters the ring whole or not at all. A producer whose
+     commit CAS fails learns that its claim was padded and reports LOST.
 "Passed": position < UNBLOCK_NEXT or position < CONSUMER_POSITION.
 
 Abandoned claims (agrona's unblock)
@@ -83,14 +94,18 @@ Abandoned claims (agrona's unblock)
 * in progress, producer gone (its owner word names a pid and start time that no longer match a
   live process, or it is already the first record's received time) for RINGGATE_UNBLOCK_MS:
   the consumer CASes the first header to a padding record over the claim;
-* a zero header below PRODUCER_POSITION for that long (a producer died between its position CAS
-  and its header CAS): the consumer scans the zero run up to the first non-zero word (an owner
-  word ends the run one word earlier, where its claim starts; the owner word right after the
-  run's first header belongs to that claim), the producer position or the end of the data
-  region; publishes UNBLOCK_FIRST and UNBLOCK_NEXT (NEXT only ever grows: a producer stalled in
-  an earlier padded run must still see that it lost, even when the consumer has not released
-  past it yet); confirms the run is still zero; then CASes its first word from 0 to padding.
-  If anything changed it aborts and puts UNBLOCK_FIRST/NEXT back (nothing was padded).
+* no header below PRODUCER_POSITION for that long (a producer died between its position CAS
+  and its header CAS): the consumer scans the zero run word by word from its second word up to
+  the first word that ends it (zero_run_end, the one rule for scan and re-check: no header
+  counts as zero, and so does the owner word right after the run's first word, which is the
+  run's own claim's; any other owner word ends the run one word earlier, where its claim starts;
+  anything else ends it there), the producer position, the end of the data region or MAX_LENGTH
+  bytes (a longer run is padded in pieces: the int32 length must not wrap); publishes
+  UNBLOCK_FIRST and UNBLOCK_NEXT (NEXT only ever grows: a producer stalled in an earlier padded
+  run must still see that it lost, even when the consumer has not released past it yet);
+  confirms the run is still zero by the same rule; then CASes its first word from what it read
+  there to padding. A run is never shorter than 8 bytes. If anything changed it aborts and puts
+  UNBLOCK_FIRST/NEXT back (nothing was padded).
   A producer checks, after winning its owner and header CASes, that its claim is not passed.
   Both sides use sequentially consistent operations for this handshake: either the consumer sees
   the producer's words and aborts, or the producer sees UNBLOCK_NEXT.
@@ -104,7 +119,7 @@ sees that CONSUMER_POSITION is beyond it.
 """
 
 MAGIC = b"RINGGATE"
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2  # 2: the lap in the in-progress word
 IMPL_NATIVE = 1
 IMPL_PYTHON = 2
 IMPL_NAMES = {IMPL_NATIVE: "native", IMPL_PYTHON: "python"}
@@ -135,7 +150,11 @@ SINK_REASON_LENGTH = 256
 DEAD_LETTER_RANGES_OFFSET = 768
 DEAD_LETTER_SLOTS = 128  # 128 x 16 bytes: ends at 2816 < HEADER_LENGTH
 
-MAX_LENGTH = 1 << 30  # record and claim lengths are int32 in the record header
+MAX_LENGTH = 1 << 30  # record and claim lengths are int32 in the record header; so are padded zero runs
+
+LAP_SHIFT = 34  # bit of an in-progress word where the claim's lap starts
+LAP_BITS = 29
+LAP_MASK = (1 << LAP_BITS) - 1
 
 RECORD_HEADER_LENGTH = 16
 RECORD_ALIGNMENT = 8
@@ -191,6 +210,32 @@ def is_owner_word(word: int) -> bool:
 def header_word(length: int, type_: int) -> int:
     """The int64 value of a record's first 8 bytes."""
     return (length & 0xFFFFFFFF) | (type_ << 32)
+
+
+def lap_of(position: int, capacity: int) -> int:
+    """The lap of `position` as an in-progress word holds it."""
+    return (position >> (capacity.bit_length() - 1)) & LAP_MASK
+
+
+def in_progress_word(claim_length: int, type_: int, position: int, capacity: int) -> int:
+    """The first word of a claim of `claim_length` bytes in progress at `position`."""
+    return header_word(-claim_length, type_) | lap_of(position, capacity) << LAP_SHIFT
+
+
+def no_header(word: int, position: int, capacity: int) -> bool:
+    """True when the first word at `position` stands for no header: zero, an owner word, or an
+    in-progress word of another lap (a leftover of a producer killed during its undo)."""
+    if word == 0 or is_owner_word(word):
+        return True
+    return split_word(word)[0] < 0 and (word >> LAP_SHIFT) & LAP_MASK != lap_of(position, capacity)
+
+
+def zero_run_end(word: int, position: int, index: int, offset: int, capacity: int) -> int:
+    """What ends the zero run starting at `position` (data index `index`), given the word at data
+    index `offset` (> index, same lap): -1 if it does not, else the data index where it ends."""
+    if is_owner_word(word):
+        return -1 if offset == index + RECORD_ALIGNMENT else offset - RECORD_ALIGNMENT
+    return -1 if no_header(word, position + offset - index, capacity) else offset
 
 
 def split_word(word: int) -> tuple[int, int]:

@@ -384,8 +384,10 @@ def test_corrupt_record_header_raises_instead_of_overflowing(make_ring, word):
     ring = make_ring()
     claim(ring, [b'{"a":1}', b'{"b":2}'])
     ring._q[L.HEADER_LENGTH // 8 + framed(7) // 8] = word  # the second record's header
-    with pytest.raises(ValueError, match="corrupt ring"):
+    with pytest.raises(ValueError) as info:
         read_batch(ring, 0)
+    # the word in full, zero padded (PyErr_Format has no %llx: the native ring formats it itself)
+    assert str(info.value) == f"corrupt ring: invalid record header 0x{word:016x} at position {framed(7)}"
 
 
 # -- abandoned claims --------------------------------------------------------------------------
@@ -560,6 +562,98 @@ def test_reader_never_sees_an_uncommitted_claim(make_ring, stop_at, wrapped):
     assert payloads == later
     # a zero claim that wrapped is two zero runs (the gap, then the data at the start)
     assert unblocks == ring.unblocked_count == (2 if wrapped and stop_at == L.STOP_BEFORE_HEADER else 1)
+
+
+def test_producer_resumed_a_lap_later_cannot_commit(make_ring):
+    """A producer stops after its header CAS; its claim is padded (unblock_in_progress called
+    directly: what the consumer does once the owner slot holds the received time, just before
+    the commit CAS), read past and released; a lap later a newer claim of the same length stops
+    at the same index. The old producer resumes: its commit CAS must fail (CLAIM_LOST), else it
+    answers 202 for zeroed records and the reader takes the newer claim's space as committed."""
+    ring = make_ring()
+    records = [pattern(0, 40), pattern(1, 40)]
+    old = fork_claim(ring, records, L.STOP_AFTER_HEADER).wait_stopped()
+    old_word = ring.header_word_at(0)[0]
+    assert ring.impl.unblock_in_progress(ring.buf, 0, old_word)
+    assert drain(ring, 0)[0] == []
+    move_to_index(ring, 0)
+    lap_later = ring.producer_position
+    assert lap_later == ring.capacity
+    newer_records = [pattern(2, 40), pattern(3, 40)]
+    newer = fork_claim(ring, newer_records, L.STOP_AFTER_HEADER).wait_stopped()
+    newer_word = ring.header_word_at(lap_later)[0]
+    assert L.split_word(newer_word)[0] == L.split_word(old_word)[0] == -2 * framed(40)
+    assert newer_word == old_word | 1 << L.LAP_SHIFT  # the same but for the lap
+    assert old.resume()[0] == L.CLAIM_LOST
+    assert newer.resume() == (0, lap_later, lap_later + 2 * framed(40))
+    assert read_batch(ring, lap_later).payloads == newer_records
+
+
+def test_leftovers_of_an_earlier_lap_read_as_no_header(make_ring):
+    """A producer killed during its undo leaves its in-progress word (of its lap) and its owner
+    word in space that was padded, released and claimed again. At a claim start they read as no
+    header (READ_BLOCKED_ZERO, not a claim in progress to pad with the leftover's length), inside
+    a zero run as zero; unblock_zero pads over them and the ring reads on."""
+    ring = make_ring()
+    cap = ring.capacity
+    move_to_index(ring, cap // 2)
+    move_to_index(ring, 1024)
+    start = ring.producer_position
+    assert start == cap + 1024
+    q = ring._q
+    dead = owner_word(dead_pid())
+    word0 = (L.HEADER_LENGTH + 1024) // 8
+    # a claim of 200 bytes whose producer died after its position CAS, over leftovers of lap 0:
+    # an in-progress header of 64 bytes and its owner word at the start, another one inside
+    q[L.PRODUCER_POSITION_OFFSET // 8] = start + 200
+    q[word0] = L.in_progress_word(64, L.TYPE_DATA, 1024, cap)
+    q[word0 + 1] = dead
+    q[word0 + 10] = L.in_progress_word(48, L.TYPE_DATA, 1024 + 80, cap)
+    later = [pattern(5, 30)]
+    assert claim(ring, later)[1] == start + 200
+    b = read_batch(ring, start)
+    assert (b.count, b.next_position, b.status) == (0, start, L.READ_BLOCKED_ZERO)
+    assert not ring.impl.unblock_in_progress(ring.buf, start, q[word0])  # not this lap's claim
+    assert ring.try_unblock(start, L.READ_BLOCKED_ZERO)
+    assert ring.header_word_at(start)[0] == L.header_word(200, L.TYPE_PADDING)
+    assert read_batch(ring, start).payloads == later
+    # a leftover owner word alone in a header slot is no header either
+    move_to_index(ring, 2048)
+    at = ring.producer_position
+    q[L.PRODUCER_POSITION_OFFSET // 8] = at + 64
+    q[(L.HEADER_LENGTH + 2048) // 8] = dead
+    assert read_batch(ring, at).status == L.READ_BLOCKED_ZERO
+    assert ring.try_unblock(at, L.READ_BLOCKED_ZERO)
+    assert read_batch(ring, at).next_position == at + 64
+
+
+def test_zero_run_of_2_gib_is_padded_in_pieces_that_fit_the_length(impl):
+    """A 2 GiB ring whose every byte was claimed by producers that died before their owner
+    word: one zero run of 2^31 bytes. Its padding length would wrap the int32 to -2^31 (an
+    in-progress claim for ever); it is padded in pieces of MAX_LENGTH. The segment is private
+    anonymous memory: untouched pages cost nothing."""
+    import mmap
+
+    cap = 1 << 31
+    mm = mmap.mmap(-1, L.HEADER_LENGTH + cap, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    buf = memoryview(mm)
+    q = buf.cast("q")
+    try:
+        q[L.CAPACITY_OFFSET // 8] = cap
+        q[L.PRODUCER_POSITION_OFFSET // 8] = cap
+        arrays = [np.zeros(4, np.int64) for _ in range(4)]
+        data = np.zeros(64 + 4 + L.max_record_length(cap), np.uint8)  # calloc: untouched pages
+        assert impl.read(buf, 0, 4, 64, *arrays, data) == (0, 0, 0, L.READ_BLOCKED_ZERO)
+        for piece in range(2):
+            assert impl.unblock_zero(buf, piece * L.MAX_LENGTH)
+            assert q[L.HEADER_LENGTH // 8 + piece * L.MAX_LENGTH // 8] == L.header_word(L.MAX_LENGTH, L.TYPE_PADDING)
+            assert q[L.UNBLOCK_NEXT_OFFSET // 8] == (piece + 1) * L.MAX_LENGTH
+        assert impl.read(buf, 0, 4, 64, *arrays, data) == (0, cap, 0, L.READ_IDLE)
+        assert q[L.UNBLOCKED_COUNT_OFFSET // 8] == 2
+    finally:
+        q.release()
+        buf.release()
+        mm.close()
 
 
 # -- release -----------------------------------------------------------------------------------

@@ -60,3 +60,28 @@ def test_a_too_small_shm_is_a_configuration_error_naming_the_free_space(small_sh
     message = str(info.value)
     assert "RINGGATE_RING_BYTES" in message and "bytes free" in message and small_shm in message
     assert os.listdir(small_shm) == []  # nothing half-made is left behind
+
+
+_AARCH64 = "import platform; platform.machine = lambda: 'aarch64'  # a weakly ordered CPU\n"
+
+
+@pytest.mark.parametrize("forced", ["python", None])
+def test_python_ring_refuses_a_weakly_ordered_cpu(forced):
+    """The pure-Python ring reads without atomics or the flock: only x86-64's store order makes a
+    committed header imply its payload. Elsewhere it is never chosen, forced or as a fallback."""
+    proc = _run(_AARCH64 + _IMPORT + "import ringgate.ring", forced)
+    assert proc.returncode != 0
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("ImportError: no ring implementation can run here"), proc.stderr
+    assert "x86-64's store order; this CPU is aarch64" in last and "build the native ring" in last
+    if forced is None:
+        assert "native (ringgate._ring:" in last
+
+
+def test_native_ring_runs_on_a_weakly_ordered_cpu():
+    from tests.unit.ring_helpers import native_or_skip
+
+    native_or_skip()
+    proc = _run(_AARCH64 + "import ringgate.ring as r; print(r.IMPL_NAME)", None)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "native"
