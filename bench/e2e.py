@@ -246,15 +246,7 @@ def start_postgres(url: str) -> Postgres:
     bindir, looked = pg.find_bindir()
     if bindir is None:
         raise SystemExit(f"no PostgreSQL server binaries (looked in {looked}); install postgresql-15")
-    account = pg._service_account()
-    root = tempfile.mkdtemp(prefix="ringgate-e2e-pg-")
-    server = pg.PostgresServer(bindir=bindir, root=root, port=pg._free_port(), account=account)
-    if account is not None:
-        os.chown(root, account.pw_uid, account.pw_gid)
-    server.init()
-    server.start()
-    with server.connect(dbname="postgres") as conn:
-        conn.execute(f"CREATE DATABASE {pg.DATABASE} ENCODING 'UTF8' TEMPLATE template0")
+    server = pg.start_server(bindir, prefix="ringgate-e2e-pg-")
     print(f"postgresql: {server.version}, port {server.port}, data in {server.datadir}", flush=True)
     return Postgres(server.url, server)
 

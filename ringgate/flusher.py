@@ -24,6 +24,7 @@ from .process import configure_logging, die_with_supervisor
 from .ring import ReadBuffers, ReadResult, Ring, segment_name
 from .ring import layout as L
 from .sinks import Batch, Sink, make_sink, sink_label
+from .sinks.base import Refused
 
 log = logging.getLogger("ringgate.flusher")
 
@@ -198,10 +199,16 @@ class Flusher:
             self.metrics.observe_delivery(self._clock() - started)
 
     def _deliver_isolating(self, batch: Batch) -> None:
-        """Deliver; if the sink refuses the content, split in halves until the refused records
-        stand alone, dead-letter those and deliver the rest. Pieces go in ring order; a retry of
-        the whole batch skips the pieces already done, so the counters count each record once."""
+        """Deliver; if the sink refuses the content, dead-letter the refused records and deliver
+        the rest. A sink that routes refused records itself (PostgreSQL) does it in one attempt
+        and hands them all over at once: one dead-letter object per batch. Otherwise split in
+        halves until the refused records stand alone, dead-letter those and deliver the rest.
+        Pieces go in ring order; a retry of the whole batch skips the pieces already done, so
+        the counters count each record once."""
         if batch.last_position <= self._done_through:
+            return
+        if getattr(self.sink, "routes_refused", False):
+            self._deliver_routing(batch)
             return
         try:
             self.sink.deliver(batch)
@@ -218,6 +225,52 @@ class Flusher:
             self.metrics.inc("records_delivered_total", batch.count)
             self.metrics.inc("batches_delivered_total")
 
+    def _deliver_routing(self, batch: Batch) -> None:
+        refused: list[Refused] = []  # what the attempt that committed handed over
+
+        def dead_letter(of: Batch, records: Refused) -> None:
+            self._dead_letter_refused(of, records)
+            refused[:] = [records]
+
+        self.sink.deliver(batch, dead_letter=dead_letter)
+        self._done_through = batch.last_position
+        n = refused[0].count if refused else 0
+        if n:
+            self._record_dead_letter_ranges(batch, refused[0].indices)
+            log.error("ring %d: %d records of batch %s dead-lettered, the first (%d): %s",
+                      self.ring_index, n, batch.name, int(batch.positions[refused[0].indices[0]]),
+                      refused[0].errors[0])
+        if self.metrics:
+            if n:
+                self.metrics.inc("records_dead_lettered_total", n)
+            self.metrics.inc("records_delivered_total", batch.count - n)
+            self.metrics.inc("batches_delivered_total")
+
+    def _dead_letter_refused(self, batch: Batch, refused: Refused) -> None:
+        """All the refused records of `batch` in one object named after the batch: a replay of
+        the batch (same range, same name) overwrites it rather than adding another."""
+        lines = [
+            {
+                "error": error,
+                "sink": self.sink_label,
+                "attempts": self._attempts,
+                "ring": batch.ring,
+                "epoch": batch.epoch,
+                "seq": int(batch.positions[i]),
+                "record": msgspec.Raw(bytes(batch.payload(i))),
+            }
+            for i, error in zip(refused.indices.tolist(), refused.errors, strict=True)
+        ]
+        self._write_dead_letters(batch.name, lines)
+
+    def _record_dead_letter_ranges(self, batch: Batch, indices: np.ndarray) -> None:
+        """Note each run of consecutive refused records in the ring's log (GET /v1/batches)."""
+        breaks = np.flatnonzero(np.diff(indices) != 1)
+        for lo, hi in zip(indices[np.r_[0, breaks + 1]].tolist(), indices[np.r_[breaks, len(indices) - 1]].tolist(),
+                          strict=True):
+            next_ = int(batch.positions[hi + 1]) if hi + 1 < batch.count else batch.next_position
+            self.ring.record_dead_letters(int(batch.positions[lo]), next_)
+
     def _dead_letter(self, batch: Batch, exc: Exception) -> None:
         line = {
             "error": str(exc),
@@ -228,8 +281,16 @@ class Flusher:
             "seq": batch.first_position,
             "record": msgspec.Raw(bytes(batch.payload(0))),
         }
+        self._write_dead_letters(batch.name, [line])
+        self.ring.record_dead_letters(batch.first_position, batch.next_position)
+        self._done_through = batch.last_position
+        if self.metrics:
+            self.metrics.inc("records_dead_lettered_total")
+        log.error("ring %d: record %d dead-lettered: %s", self.ring_index, batch.first_position, exc)
+
+    def _write_dead_letters(self, name: str, lines: list[dict]) -> None:
         try:
-            self._dead_letter_store().write(batch.name, [line])
+            self._dead_letter_store().write(name, lines)
         except Exception as dlq_exc:
             log.critical(
                 "ring %d: dead-letter store %s cannot be written (%s): stopping; the ring keeps the records",
@@ -237,11 +298,6 @@ class Flusher:
             )
             self.ring.set_sink_reason(f"dead-letter store: {dlq_exc}")
             raise DeadLetterFailure(str(dlq_exc)) from dlq_exc
-        self.ring.record_dead_letters(batch.first_position, batch.next_position)
-        self._done_through = batch.last_position
-        if self.metrics:
-            self.metrics.inc("records_dead_lettered_total")
-        log.error("ring %d: record %d dead-lettered: %s", self.ring_index, batch.first_position, exc)
 
     def _dead_letter_store(self):
         if self._dead_letters is None:

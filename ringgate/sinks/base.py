@@ -12,6 +12,7 @@ overwrite the same key.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -107,6 +108,23 @@ class Batch:
         )
 
 
+@dataclass(frozen=True, slots=True, eq=False)
+class Refused:
+    """The records of a batch a sink refused: their indices in the batch (ascending) and, for
+    each, why (the sink's own words, SQLSTATE included)."""
+
+    indices: np.ndarray  # int64[count]
+    errors: list[str]
+
+    @property
+    def count(self) -> int:
+        return len(self.indices)
+
+
+#: what a sink that routes refused records calls, once per attempt, before it commits the rest
+DeadLetterCallback = Callable[[Batch, Refused], None]
+
+
 class Sink(Protocol):
     #: label for metrics and logs: "file", "s3", "gs", "az", "memory", "postgresql", "stdout"
     name: str
@@ -120,6 +138,12 @@ class Sink(Protocol):
         `PermanentSinkError` only when the sink refuses the content itself; the flusher then
         splits the batch to isolate the refused records and dead-letters them.
         Must be idempotent for a batch of the same name.
+
+        A sink that can tell which records it refuses sets `routes_refused = True` and takes
+        `deliver(batch, dead_letter=callback)`: it stores the rest and calls
+        `callback(batch, refused)` once, with every refused record of the batch, inside the
+        attempt and before it commits (so the dead letters are durable before the offset moves);
+        it raises `PermanentSinkError` only when called without a callback.
         """
         ...
 

@@ -28,6 +28,7 @@ sleeps or retries: the flusher owns backoff.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import re
@@ -39,7 +40,7 @@ from psycopg import sql
 from psycopg.types.json import set_json_dumps
 
 from ringgate.errors import ConfigurationError, PermanentSinkError, RetryableSinkError, SinkError
-from ringgate.sinks.base import Batch
+from ringgate.sinks.base import Batch, DeadLetterCallback, Refused
 
 logger = logging.getLogger(__name__)
 
@@ -220,6 +221,121 @@ def _select(batch: Batch, keep: np.ndarray) -> Batch:
     )
 
 
+# ------------------------------------------------------------------ what jsonb will refuse
+#
+# A batch's records are valid UTF-8 JSON of bounded depth (the HTTP worker checked), so what
+# jsonb can still refuse is: the escape \u0000 (22P05: text cannot hold NUL) and a number out of
+# numeric's range (22003); a surrogate escape not in a pair (22P02) msgspec already refused, so
+# only the exact check below looks for it. `screen` finds those before
+# the COPY, so a batch of such records costs one transaction and no bisection. It is sound, never
+# complete: a record is routed to the dead letters only when an exact check (Python's json, with
+# numeric's rules below) says the server would refuse it; what it cannot predict (a CHECK
+# constraint, a trigger, a server encoding other than UTF8...) the COPY finds, and
+# `PostgresCopySink._isolate` isolates it.
+#
+# numeric stores a value as base-10000 digits with an int16 weight and a 14-bit display scale:
+# it refuses a nonzero number whose first significant decimal digit has exponent above
+# 4 * 32767 + 3, and any number whose scale, max(0, fraction digits - exponent), is above 16383.
+# Such a number either has an exponent of 4 digits or more, or (exponent within ±999) a run of
+# at least 16384 - 999 = 15385 digits. The bulk pass looks for exactly those: the exponent on the
+# batch's bytes with digits, E and + folded (two C scans, no Python per record), the long runs
+# with aligned blocks of digits (a run of 2 * 4096 - 1 digits or more covers a whole block of
+# 4096), and only in batches holding a record long enough. Records it points at get the exact check.
+
+NUMERIC_WEIGHT_MAX_EXPONENT = 4 * 32767 + 3  # decimal exponent of numeric's most significant digit
+NUMERIC_DSCALE_MAX = 0x3FFF
+# not the surrogates: escaped pairs are common (JSON encoders' ASCII mode) and the HTTP worker
+# refuses unpaired ones
+_SUSPECT_ESCAPE = re.compile(rb"\\u0000")
+_FOLD_EXPONENT = bytes.maketrans(b"0123456789E+", b"0000000000e-")
+_SUSPECT_EXPONENT = re.compile(rb"e-?0000")  # [eE][+-]?[0-9]{4}, in folded bytes
+_DIGIT_BLOCK = 4096
+_NUMBER = re.compile(r"-?([0-9]+)(?:\.([0-9]+))?(?:[eE]([+-]?)([0-9]+))?")
+_REFUSED_IN_TEXT = re.compile("[\x00\ud800-\udfff]")  # NUL, or a surrogate json left unpaired
+
+
+def screen(batch: Batch) -> tuple[np.ndarray, list[tuple[str, str]]]:
+    """Indices (ascending) of the records of `batch` that jsonb will refuse, and for each its
+    (SQLSTATE, message) as the server words it. Cost: a few C passes over the batch's bytes, plus
+    an exact check of each record those passes point at."""
+    data = batch.data
+    starts = np.asarray(batch.starts, dtype=np.int64)
+    lengths = np.asarray(batch.lengths, dtype=np.int64)
+    suspects: set[int] = set()
+
+    def mark(pattern: re.Pattern, text) -> None:
+        # one search per suspect record, not per match: jump to the end of the record found
+        at = 0
+        while (found := pattern.search(text, at)) is not None:
+            i = int(np.searchsorted(starts, found.start(), side="right")) - 1
+            suspects.add(i)
+            at = int(starts[i] + lengths[i]) + 1 if i >= 0 else found.end()
+
+    mark(_SUSPECT_ESCAPE, data)
+    mark(_SUSPECT_EXPONENT, bytes(data).translate(_FOLD_EXPONENT))
+    if batch.count and int(lengths.max()) >= 2 * _DIGIT_BLOCK - 1:
+        raw = np.frombuffer(data, dtype=np.uint8)
+        blocks = len(raw) // _DIGIT_BLOCK
+        digit = (raw[: blocks * _DIGIT_BLOCK] - ord("0")) < 10
+        for b in np.flatnonzero(digit.reshape(blocks, _DIGIT_BLOCK).all(axis=1)).tolist():
+            suspects.add(int(np.searchsorted(starts, b * _DIGIT_BLOCK, side="right")) - 1)
+
+    indices, reasons = [], []
+    for i in sorted(suspects):
+        if 0 <= i < batch.count and (reason := jsonb_refusal(batch.payload(i))) is not None:
+            indices.append(i)
+            reasons.append(reason)
+    return np.asarray(indices, dtype=np.int64), reasons
+
+
+def jsonb_refusal(payload) -> tuple[str, str] | None:
+    """(SQLSTATE, message) if jsonb refuses this JSON text, None if it takes it (or we cannot tell)."""
+    numbers: list[str] = []
+
+    def number(text: str) -> int:
+        if not numbers and numeric_overflows(text):
+            numbers.append(text)
+        return 0
+
+    try:
+        # pairs, not dicts: a key given twice is checked twice
+        value = json.loads(bytes(payload), parse_int=number, parse_float=number, object_pairs_hook=tuple)
+    except (ValueError, RecursionError):
+        return None  # not ours to judge: the server decides
+    if numbers:
+        return "22003", "value overflows numeric format"
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if (bad := _REFUSED_IN_TEXT.search(item)) is not None:
+                if bad.group() == "\x00":
+                    return "22P05", "unsupported Unicode escape sequence: \\u0000 cannot be converted to text"
+                return "22P02", "invalid input syntax for type json: a Unicode surrogate escape is not in a pair"
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+    return None
+
+
+def numeric_overflows(text: str) -> bool:
+    """True if numeric refuses this JSON number (`value overflows numeric format`), by numeric's
+    storage limits. A zero with a huge positive exponent is left to the server (whether it
+    refuses the exponent alone differs between versions)."""
+    match = _NUMBER.fullmatch(text)
+    if match is None:
+        return False
+    whole, fraction, sign, exponent = match.group(1), match.group(2) or "", match.group(3), match.group(4)
+    exponent = (exponent or "0").lstrip("0") or "0"
+    x = int(exponent) if len(exponent) <= 18 else 10**18  # beyond any limit either way
+    if sign == "-":
+        x = -x
+    if max(0, len(fraction) - x) > NUMERIC_DSCALE_MAX:
+        return True
+    digits = whole + fraction
+    first = len(digits) - len(digits.lstrip("0"))  # index of the first significant digit
+    return first < len(digits) and len(whole) - 1 - first + x > NUMERIC_WEIGHT_MAX_EXPONENT
+
+
 def _months(received_ns: np.ndarray) -> set[date]:
     """First days (UTC) of the months the records fall in, and of the month after the last one."""
     months = np.unique(
@@ -348,7 +464,16 @@ class PostgresCopySink:
 
     # ------------------------------------------------------------------------------ deliver
 
-    def deliver(self, batch: Batch) -> None:
+    #: `deliver(batch, dead_letter=...)` stores the rest of a batch and hands the refused to the callback
+    routes_refused = True
+
+    def deliver(self, batch: Batch, dead_letter: DeadLetterCallback | None = None) -> None:
+        """Store `batch` in one transaction. Without `dead_letter`, content the server refuses
+        raises `PermanentSinkError` and nothing is stored. With it, the records jsonb will refuse
+        (`screen`) are left out of the COPY; if the server still refuses something, the batch is
+        retried once in a transaction that isolates the refused records with savepoints
+        (`_isolate`); either way `dead_letter(batch, refused)` is called once, before the commit
+        that stores the rest and moves the offset."""
         if batch.count == 0:
             return
         try:
@@ -357,6 +482,9 @@ class PostgresCopySink:
                 self._ensure_partitions(conn, batch)
         except psycopg.Error as exc:
             raise self._failure(exc, content=False) from exc
+        if dead_letter is not None:
+            self._deliver_routing(conn, batch, dead_letter)
+            return
         content = False
         try:
             with conn.transaction(), conn.cursor() as cur:
@@ -383,6 +511,85 @@ class PostgresCopySink:
             )
         except psycopg.Error as exc:
             raise self._failure(exc, content=content) from exc
+
+    def _deliver_routing(self, conn: psycopg.Connection, batch: Batch, dead_letter: DeadLetterCallback) -> None:
+        predicted, reasons = screen(batch)
+        predicted_errors = [self._refusal_text(state, message) for state, message in reasons]
+        isolating = False  # first without savepoints (the common case costs nothing more)
+        while True:
+            content = False
+            try:
+                with conn.transaction(), conn.cursor() as cur:
+                    key = (self._instance, int(batch.ring), int(batch.epoch))
+                    committed = self._lock_offset(cur, key)
+                    new = batch.positions > committed  # the rest was committed by an earlier delivery
+                    refused = dict(zip(predicted.tolist(), predicted_errors, strict=True))
+                    refused = {i: e for i, e in refused.items() if new[i]}
+                    good = new.copy()
+                    good[list(refused)] = False
+                    if isolating:
+                        refused.update(self._isolate(cur, batch, np.flatnonzero(good)))
+                    elif good.any():
+                        content = True
+                        self._copy(cur, _select(batch, good))
+                        content = False
+                    if refused:
+                        order = sorted(refused)
+                        dead_letter(batch, Refused(np.asarray(order, dtype=np.int64), [refused[i] for i in order]))
+                    if batch.last_position > committed:
+                        cur.execute(self._sql_set_offset, (batch.last_position, *key))
+                logger.debug(
+                    "batch %s: %d of %d records new, %d refused, committed through %d",
+                    batch.name, int(new.sum()), batch.count, len(refused), max(committed, batch.last_position),
+                )
+                return
+            except psycopg.Error as exc:
+                failure = self._failure(exc, content=content)
+                if isinstance(failure, PermanentSinkError) and not isolating:
+                    # refused by something `screen` cannot predict: again, isolating (the first
+                    # transaction rolled back and committed nothing)
+                    logger.info("batch %s: the server refused a record screening did not predict: "
+                                "isolating it: %s", batch.name, failure)
+                    isolating = True
+                    continue
+                raise failure from exc
+
+    def _lock_offset(self, cur: psycopg.Cursor, key: tuple[str, int, int]) -> int:
+        row = cur.execute(self._sql_lock_offset, key).fetchone()
+        if row is None:
+            cur.execute(self._sql_new_offset, key)
+            row = cur.execute(self._sql_lock_offset, key).fetchone()
+        return row[0]
+
+    def _isolate(self, cur: psycopg.Cursor, batch: Batch, indices: np.ndarray) -> dict[int, str]:
+        """COPY the records at `indices`, each part under a savepoint, halving the parts the
+        server refuses until the refused stand alone; returns them with the server's reason.
+        Parts go in ring order (the dedup key's first record wins). Round trips: about
+        2 x (refused) x log2(len(indices)), all in the caller's one transaction."""
+        refused: dict[int, str] = {}
+        parts = [indices] if len(indices) else []
+        while parts:
+            part = parts.pop()
+            try:
+                with cur.connection.transaction():  # a savepoint
+                    self._copy(cur, _select(batch, part))
+                    if self._dedup_key:  # the next part's dedup insert reads the staging table
+                        cur.execute(sql.SQL("DELETE FROM pg_temp.{}").format(sql.Identifier(_STAGING)))
+            except psycopg.Error as exc:
+                failure = self._failure(exc, content=True)
+                if not isinstance(failure, PermanentSinkError):
+                    raise
+                if len(part) == 1:
+                    refused[int(part[0])] = str(failure)
+                else:
+                    half = len(part) // 2
+                    parts += [part[half:], part[:half]]
+        return refused
+
+    def _refusal_text(self, state: str, message: str) -> str:
+        """A refusal `screen` predicted, in the words of the server's own (see `_failure`)."""
+        name = psycopg.errors.lookup(state).__name__
+        return f"PostgreSQL {self._where} refused the records: {name} ({state}): {message} (found before sending)"
 
     def _copy(self, cur: psycopg.Cursor, batch: Batch) -> None:
         statement = self._sql_copy_staging if self._dedup_key else self._sql_copy_table
