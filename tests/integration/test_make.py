@@ -8,6 +8,7 @@ import os
 import pathlib
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
@@ -75,3 +76,18 @@ def test_make_run_in_a_fresh_clone_with_the_system_python(tmp_path):
     stored = list((clone / "ringgate-data").rglob("*.ndjson"))
     assert stored and b"by make run" in b"".join(p.read_bytes() for p in stored)
     print(f"make run: /healthz after {ready_s:.0f} s (venv, pip install, native build)")
+
+
+def test_make_names_python3_venv_when_ensurepip_is_missing(tmp_path):
+    # a python3 whose ensurepip cannot be imported, as Debian's is without python3-venv
+    shadow = tmp_path / "shadow" / "ensurepip"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ImportError('ensurepip is not installed here')\n")
+    python = tmp_path / "python3"
+    python.write_text(f"#!/bin/sh\nPYTHONPATH={shadow.parent} exec {sys.executable} \"$@\"\n")
+    python.chmod(0o755)
+    done = subprocess.run(["make", "--no-print-directory", "venv", f"PYTHON={python}", f"VENV={tmp_path}/venv"],
+                          cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0
+    assert "apt-get install python3-venv" in done.stderr, done.stderr
+    assert not (tmp_path / "venv").exists()
