@@ -113,8 +113,36 @@ class Metrics:
         self._row[COLUMN["batch_delivery_seconds_sum_us"]] += int(seconds * 1e6)
 
     def totals(self) -> dict[str, int]:
-        sums = self._table[:, 1:].sum(axis=0)
-        return {name: int(sums[col - 1]) for name, col in COLUMN.items()}
+        return _totals(self._table)
+
+
+class MetricsView:
+    """The counters mapped read-only, taking no row: what `ringgate status` reads. A reader must
+    not look like one of the instance's processes, nor be able to change a counter."""
+
+    def __init__(self, instance: str) -> None:
+        fd = os.open(segment_path(instance), os.O_RDONLY)
+        try:
+            self._mm = mmap.mmap(fd, SLOTS * ROW_BYTES, prot=mmap.PROT_READ)
+        finally:
+            os.close(fd)
+        self._table = np.frombuffer(self._mm, dtype=np.int64).reshape(SLOTS, COUNTERS)
+
+    def totals(self) -> dict[str, int]:
+        return _totals(self._table)
+
+    def owners(self) -> list[int]:
+        """Pids that ever took a row, dead ones included (a row keeps its last owner)."""
+        return [int(pid) for pid in self._table[:, OWNER] if pid > 0]
+
+    def close(self) -> None:
+        del self._table  # the array holds a view of the mapping: drop it before closing
+        self._mm.close()
+
+
+def _totals(table: np.ndarray) -> dict[str, int]:
+    sums = table[:, 1:].sum(axis=0)
+    return {name: int(sums[col - 1]) for name, col in COLUMN.items()}
 
 
 def _free_row(table: np.ndarray) -> int:

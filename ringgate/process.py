@@ -42,6 +42,29 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+PROCESS_STATES = {"R": "running", "S": "sleeping", "D": "disk-wait", "T": "stopped", "t": "traced",
+                  "Z": "zombie", "X": "dead", "I": "idle"}
+
+
+def process_state(pid: int) -> str | None:
+    """What the kernel says the process is doing (/proc/<pid>/stat field 3); None when gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    code = stat[stat.rindex(b")") + 2 :][:1].decode()
+    return PROCESS_STATES.get(code, code)
+
+
+def process_cmdline(pid: int) -> list[str]:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().decode(errors="replace").split("\0")[:-1]
+    except OSError:
+        return []
+
+
 class _JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry = {
