@@ -16,7 +16,7 @@ from .errors import Refusal
 from .keys import Keys
 from .metrics import Metrics
 from .process import RING_COUNT_ENV, pid_alive
-from .ring import Ring, segment_name
+from .ring import FREE_WORD, PRODUCER_WORD, Ring, segment_name
 from .ring import layout as L
 
 ACK_POLL_S = 0.002
@@ -36,6 +36,9 @@ class Stored(NamedTuple):
     @property
     def batch_id(self) -> str:
         return f"{self.ring}-{self.epoch}-{self.first}-{self.next}"
+
+
+_new_tuple = tuple.__new__
 
 
 def parse_batch_id(batch_id: str) -> tuple[int, int, int, int] | None:
@@ -62,13 +65,13 @@ class Gateway:
         self.metrics: Metrics | None = None
         self.limits = Limits(settings.max_body_bytes, settings.max_record_bytes, settings.max_records)
         self.keys = Keys.from_settings(settings)
-        self.inflight_bytes = 0
+        self.inflight_bytes = 0  # received body bytes held by this worker (http.body counts them)
         self.own = 0
         self._flusher_seen: dict[int, tuple[float, bool]] = {}
         self._dead_since: dict[int, float] = {}
         self._waiters: list[list[tuple[int, int, asyncio.Future]]] = []  # per ring: heap by position
         self._poller: asyncio.Task | None = None
-        self._low_marks: list[int] = []
+        self.low_marks: list[tuple[memoryview, int]] = []
 
     @property
     def started(self) -> bool:
@@ -86,18 +89,9 @@ class Gateway:
         self.limits = Limits(
             self.settings.max_body_bytes, self.settings.max_record_bytes, self.settings.max_records, smallest // 2
         )
-        self._low_marks = [int(self.settings.low_priority_fill * r.capacity) for r in self.rings]
+        self.low_marks = [(r.words, int(self.settings.low_priority_fill * r.capacity)) for r in self.rings]
 
     # -- in flight ------------------------------------------------------------------------------
-
-    def hold(self, n: int) -> None:
-        """Count n more received body bytes against this worker's budget, or refuse (429)."""
-        if self.inflight_bytes + n > self.settings.worker_inflight_bytes:
-            raise Refusal(429, "overloaded", "this worker holds too many request bytes; retry shortly", 1)
-        self.inflight_bytes += n
-
-    def release(self, n: int) -> None:
-        self.inflight_bytes -= n
 
     # -- admission and claim --------------------------------------------------------------------
 
@@ -106,8 +100,8 @@ class Gateway:
         s = self.settings
         if priority >= s.priority_threshold:
             return
-        for ring, mark in zip(self.rings, self._low_marks, strict=True):
-            if ring.used_bytes <= mark:
+        for words, mark in self.low_marks:  # ring.used_bytes, without a call per ring
+            if words[PRODUCER_WORD] - words[FREE_WORD] <= mark:
                 return
         if self.rings:
             raise Refusal(
@@ -131,8 +125,8 @@ class Gateway:
                 break
         if not served_any:
             raise Refusal(503, "no_flusher", "no flusher process is alive to deliver records; retry later", 5)
-        if status >= 0:
-            return Stored(records.count, index, rings[index].epoch, first, next_)
+        if status >= 0:  # tuple.__new__: a NamedTuple's own __new__ is a Python frame, per request
+            return _new_tuple(Stored, (records.count, index, rings[index].epoch, first, next_))
         if status == L.CLAIM_TOO_LARGE:
             raise Refusal(413, "body_too_large",
                           f"{records.count} records need more than half a ring ({rings[0].capacity // 2} bytes) once framed")

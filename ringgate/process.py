@@ -46,15 +46,31 @@ PROCESS_STATES = {"R": "running", "S": "sleeping", "D": "disk-wait", "T": "stopp
                   "Z": "zombie", "X": "dead", "I": "idle"}
 
 
-def process_state(pid: int) -> str | None:
-    """What the kernel says the process is doing (/proc/<pid>/stat field 3); None when gone."""
+def _stat_fields(pid: int) -> list[bytes] | None:
+    """/proc/<pid>/stat from field 3 on (after the command name, which may hold spaces); None when gone."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             stat = f.read()
     except OSError:
         return None
-    code = stat[stat.rindex(b")") + 2 :][:1].decode()
+    return stat[stat.rindex(b")") + 2 :].split()
+
+
+def process_state(pid: int) -> str | None:
+    """What the kernel says the process is doing (/proc/<pid>/stat field 3); None when gone."""
+    fields = _stat_fields(pid)
+    if fields is None:
+        return None
+    code = fields[0].decode()
     return PROCESS_STATES.get(code, code)
+
+
+def process_start_time(pid: int) -> int | None:
+    """Start time in clock ticks since boot (/proc/<pid>/stat field 22); None when gone or a zombie."""
+    fields = _stat_fields(pid)
+    if fields is None or fields[0] in (b"Z", b"X"):
+        return None
+    return int(fields[19])
 
 
 def process_cmdline(pid: int) -> list[str]:

@@ -17,6 +17,7 @@ import msgspec
 from ..errors import Refusal
 from .records import (
     MAX_DEPTH,
+    MIN_FRAMED_BYTES,
     Limits,
     Records,
     check_utf8,
@@ -79,20 +80,34 @@ def _decoders(keys: tuple[str, ...]) -> _Decoders:
     return _Decoders(keys)
 
 
+_OWN = _decoders(ENVELOPE_KEYS)
+
+
 def decode(body: bytes, limits: Limits, keys: tuple[str, ...] = ENVELOPE_KEYS) -> Records:
-    check_utf8(body, lines=False)
-    d = _decoders(keys)
-    if limits.short_enough(body) or limits.within_count(body.count(b",") + 1):
-        value = _decode(d.full, body, d)
-    else:  # maybe too many records: count the array's elements before building one object each
+    if not body.isascii():
+        check_utf8(body, lines=False)
+    d = _OWN if keys is ENVELOPE_KEYS else _decoders(keys)
+    bound = (len(body) + 1) // 2  # a record and its comma take two bytes at least
+    if (bound > limits.max_records or bound * MIN_FRAMED_BYTES > limits.max_framed_bytes) and not limits.within_count(
+        body.count(b",") + 1
+    ):
+        # maybe too many records: count the array's elements before building one object each
         stripped = body.lstrip(_JSON_WS)
         array = stripped if stripped[:1] == b"[" else bytes(_records_of(_decode(d.raw, body, d), d))
         if array[:1] == b"[":  # anything else is refused below, by the full decode
             limits.check_count(count_elements(array))
-        value = _decode(d.full, body, d)
-    if isinstance(value, list):
+    try:
+        value = d.full.decode(body)
+    except (msgspec.DecodeError, RecursionError):
+        value = _decode(d.full, body, d)  # raises the Refusal that says what is wrong
+    if type(value) is list:
         return finish(value, limits)
-    return finish(_records_of(value, d), limits, priority=_priority(value.priority))
+    if d is _OWN and value.events is msgspec.UNSET and value.records is not msgspec.UNSET:
+        raws = value.records  # the common envelope, without a call
+    else:
+        raws = _records_of(value, d)
+    priority = None if value.priority is msgspec.UNSET else _priority(value.priority)
+    return finish(raws, limits, priority=priority)
 
 
 def _decode(decoder: msgspec.json.Decoder, body: bytes, d: _Decoders):
@@ -111,23 +126,22 @@ def _decode(decoder: msgspec.json.Decoder, body: bytes, d: _Decoders):
 
 
 def _records_of(envelope, d: _Decoders) -> Sequence:
-    first = getattr(envelope, d.keys[0])
-    if first is not msgspec.UNSET and all(getattr(envelope, k) is msgspec.UNSET for k in d.keys[1:]):
-        return first
-    present = [k for k in d.keys if getattr(envelope, k) is not msgspec.UNSET]
-    if not present:
+    found = name = None
+    for key in d.keys:  # a loop, not a comprehension: this runs per request
+        value = getattr(envelope, key)
+        if value is not msgspec.UNSET:
+            if found is not None:
+                raise Refusal(400, "invalid_json", f'the envelope object has both "{name}" and "{key}"; send one')
+            found, name = value, key
+    if found is None:
         raise Refusal(
             400, "invalid_json",
             f"the envelope object has no {d.named} array (send a JSON array of objects or {{\"{d.keys[0]}\": [...]}})",
         )
-    if len(present) > 1:
-        raise Refusal(400, "invalid_json", f'the envelope object has both "{present[0]}" and "{present[1]}"; send one')
-    return getattr(envelope, present[0])
+    return found
 
 
-def _priority(raw) -> int | None:
-    if raw is msgspec.UNSET:
-        return None
+def _priority(raw) -> int:
     try:
         value = _INT.decode(raw)
     except (msgspec.DecodeError, msgspec.ValidationError):

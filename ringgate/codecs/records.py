@@ -140,7 +140,8 @@ def finish(
     count = len(raws)
     if count == 0:
         raise Refusal(400, "empty_body", "no records")
-    limits.check_count(count)
+    if count > limits.max_records or count * MIN_FRAMED_BYTES > limits.max_framed_bytes:
+        limits.check_count(count)
     blob = b"".join(raws)
     compacted = True
     if not trusted and not _is_compact(blob):

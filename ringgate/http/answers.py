@@ -8,6 +8,8 @@ from ..errors import Refusal
 from .request import Answer
 
 _encode = msgspec.json.encode
+_new_tuple = tuple.__new__
+_JSON = b"application/json"
 
 
 def json_answer(status: int, value, headers: list[tuple[bytes, bytes]] | None = None) -> Answer:
@@ -35,9 +37,10 @@ def stored(accepted, status_text: bytes | None = None) -> Answer:
     when the source's clients expect one), or after `?ack=commit` 200 with the sink's verdict or
     504 when RINGGATE_ACK_TIMEOUT_MS passed first (the records are still delivered)."""
     s = accepted.stored
-    if accepted.commit is None:  # the hot path: one formatting operation
+    if accepted.commit is None:  # the hot path: one formatting operation, no Python frame for Answer
         extra = b',"status":"%b"' % status_text if status_text else b""
-        return Answer(202, b'{"accepted":%d,"batch_id":"%d-%d-%d-%d"%b}' % (s.count, s.ring, s.epoch, s.first, s.next, extra))
+        body = b'{"accepted":%d,"batch_id":"%d-%d-%d-%d"%b}' % (s.count, s.ring, s.epoch, s.first, s.next, extra)
+        return _new_tuple(Answer, (202, body, _JSON, ()))
     if accepted.commit == "timeout":
         return json_answer(504, {
             "error": "ack_timeout", "batch_id": s.batch_id, "accepted": s.count,

@@ -36,6 +36,8 @@ class Router:
                 by_pattern.setdefault(route.path, []).append(route)
             else:
                 self.literal.setdefault(route.path, []).append(route)
+        # (method, literal path) → route: the hot path's one lookup (HEAD and 405 go through match)
+        self.exact = {(m, r.path): r for r in reversed(routes) if "{" not in r.path for m in r.methods}
         for path, group in by_pattern.items():
             regex = re.compile("^" + _PARAM.sub(r"(?P<\1>[^/]+)", re.escape(path).replace(r"\{", "{").replace(r"\}", "}")) + "$")
             self.patterns.append((regex, group))
@@ -80,17 +82,18 @@ class App:
             raise
 
     async def __call__(self, scope, receive, send) -> None:
-        kind = scope["type"]
-        if kind == "http":
-            await self._http(scope, receive, send)
-        elif kind == "lifespan":
-            await self._lifespan(receive, send)
-
-    async def _http(self, scope, receive, send) -> None:
-        if not self.gateway.started:
+        if scope["type"] != "http":
+            if scope["type"] == "lifespan":
+                await self._lifespan(receive, send)
+            return
+        if not self.gateway.rings:
             self.start()
         method = scope["method"]
-        route, params, known = self.router.match(method, scope["path"])
+        route = self.router.exact.get((method, scope["path"]))
+        params: dict[str, str] = {}
+        known = True
+        if route is None:
+            route, params, known = self.router.match(method, scope["path"])
         if route is None:
             if known:
                 answer = json_answer(405, {"error": "method_not_allowed", "detail": f"{method} is not allowed here"})

@@ -20,15 +20,6 @@ class Disconnected(Exception):
     """The client went away before its body was complete: there is no one to answer."""
 
 
-def declared_length(req: Request) -> int | None:
-    value = req.headers.get(b"content-length")
-    if value is None:
-        return None
-    if not value.isdigit():
-        raise Refusal(400, "bad_request", f"Content-Length is not a number: {value[:40]!r}")
-    return int(value)
-
-
 class Deadlines:
     """The body deadlines of one worker's event loop, enforced by one watchdog task that wakes
     every `tick` seconds and cancels the reads past theirs. A timer per request (asyncio.timeout)
@@ -38,19 +29,12 @@ class Deadlines:
     def __init__(self) -> None:
         self.reading: dict[asyncio.Task, float] = {}
         self.expired: set[asyncio.Task] = set()
-        self._watchdog: asyncio.Task | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self.watchdog: asyncio.Task | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
 
-    def enter(self, timeout_s: float) -> asyncio.Task:
-        task = asyncio.current_task()
-        self.reading[task] = time.monotonic() + timeout_s
-        if self._watchdog is None or self._watchdog.done() or self._loop is not asyncio.get_running_loop():
-            self._loop = asyncio.get_running_loop()
-            self._watchdog = self._loop.create_task(self._watch(self._loop, min(1.0, timeout_s / 4)))
-        return task
-
-    def leave(self, task: asyncio.Task) -> None:
-        self.reading.pop(task, None)
+    def start_watchdog(self, timeout_s: float) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.watchdog = self.loop.create_task(self._watch(self.loop, min(1.0, timeout_s / 4)))
 
     def timed_out(self, task: asyncio.Task) -> bool:
         """True (once) when `task` was cancelled by its deadline; it is uncancelled then."""
@@ -65,9 +49,8 @@ class Deadlines:
             await asyncio.sleep(tick)
             now = time.monotonic()
             for task, deadline in list(self.reading.items()):
-                if deadline <= now and task.get_loop() is loop:
-                    del self.reading[task]
-                    self.expired.add(task)
+                if deadline <= now and task.get_loop() is loop and task not in self.expired:
+                    self.expired.add(task)  # read_body takes it out of `reading`
                     task.cancel()
 
 
@@ -76,12 +59,20 @@ _deadlines = Deadlines()
 
 async def read_body(gw: Gateway, req: Request, limit: int) -> tuple[bytes, int]:
     """(body, bytes held against the budget); the caller releases what is held once done."""
-    declared = declared_length(req)
-    if declared is not None and declared > limit:
-        raise Refusal(413, "body_too_large", f"Content-Length {declared} exceeds RINGGATE_MAX_BODY_BYTES ({limit})")
+    declared = req.headers.get(b"content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > limit):
+        if not declared.isdigit():
+            raise Refusal(400, "bad_request", f"Content-Length is not a number: {declared[:40]!r}")
+        raise Refusal(413, "body_too_large", f"Content-Length {int(declared)} exceeds RINGGATE_MAX_BODY_BYTES ({limit})")
     chunks: list[bytes] = []
     held = 0
-    task = _deadlines.enter(gw.settings.body_timeout_s)
+    budget = gw.settings.worker_inflight_bytes
+    # _deadlines.enter, written out: this runs per request
+    task = asyncio.current_task()
+    _deadlines.reading[task] = time.monotonic() + gw.settings.body_timeout_s
+    watchdog = _deadlines.watchdog
+    if watchdog is None or watchdog.done() or _deadlines.loop is not asyncio.get_running_loop():
+        _deadlines.start_watchdog(gw.settings.body_timeout_s)
     try:
         while True:
             message = await req.receive()
@@ -89,15 +80,18 @@ async def read_body(gw: Gateway, req: Request, limit: int) -> tuple[bytes, int]:
                 raise Disconnected
             chunk = message.get("body", b"")
             if chunk:
-                if held + len(chunk) > limit:
+                n = len(chunk)
+                if held + n > limit:
                     raise Refusal(413, "body_too_large", f"body exceeds RINGGATE_MAX_BODY_BYTES ({limit})")
-                gw.hold(len(chunk))
-                held += len(chunk)
+                if gw.inflight_bytes + n > budget:
+                    raise Refusal(429, "overloaded", "this worker holds too many request bytes; retry shortly", 1)
+                gw.inflight_bytes += n
+                held += n
                 chunks.append(chunk)
             if not message.get("more_body", False):
                 break
     except asyncio.CancelledError:
-        gw.release(held)
+        gw.inflight_bytes -= held
         if not _deadlines.timed_out(task):
             raise
         raise Refusal(
@@ -106,8 +100,8 @@ async def read_body(gw: Gateway, req: Request, limit: int) -> tuple[bytes, int]:
             f"{held} bytes arrived",
         ) from None
     except BaseException:
-        gw.release(held)
+        gw.inflight_bytes -= held
         raise
     finally:
-        _deadlines.leave(task)
+        del _deadlines.reading[task]
     return (chunks[0] if len(chunks) == 1 else b"".join(chunks)), held

@@ -2,8 +2,13 @@
 admission, claim; then, when asked, the wait for the sink's commit.
 
 A source declares an `Intake` (its auth schemes, its Content-Type → decoder) and calls `accept`,
-which returns a `Stored` or raises a `Refusal`; the source shapes either into its protocol's
+which returns an `Accepted` or raises a `Refusal`; the source shapes either into its protocol's
 answer. Nothing here knows any protocol.
+
+`accept` runs for every request, so its common case is written out flat (checks inline, the slow
+paths behind calls): each Python call costs ~1,000 instructions, and the cut of the edge into
+sources at first cost 50 % more instructions per 1-record request than the single function it
+replaced (callgrind, bench/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -11,18 +16,17 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import functools
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from ..codecs import Decoder, Encoding, Records, check_not_empty, compression
 from ..codecs.json import parse_priority
 from ..errors import Refusal
 from ..gateway import Gateway, Stored
+from ..ring import FREE_WORD, PRODUCER_WORD
 from .body import read_body
 from .request import Answer, Request
-
-log = logging.getLogger("ringgate.http")
 
 # Bodies that may decode to more than this are decoded off the event loop, so the worker keeps
 # answering (/healthz within a second) while a 16 MiB body is checked; smaller ones stay on the
@@ -30,9 +34,11 @@ log = logging.getLogger("ringgate.http")
 OFFLOAD_BYTES = 1 << 20
 OFFLOAD_COMPRESSED_BYTES = 4 << 10  # gzip can expand ~1000x
 _pool: concurrent.futures.ThreadPoolExecutor | None = None
+_IDENTITY = Encoding.IDENTITY
+_new_tuple = tuple.__new__
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)  # no slots: __post_init__ adds the remembered `formats`
 class Intake:
     """What a source tells the shared path about its requests."""
 
@@ -43,9 +49,17 @@ class Intake:
     ack_commit: bool = False
     """Honour `?ack=commit`: wait for the sink's commit before answering."""
 
+    def __post_init__(self) -> None:
+        # one remembered lookup per (Content-Type, Content-Encoding) pair: clients send the same
+        # few (refusals are not remembered)
+        object.__setattr__(self, "formats", functools.lru_cache(maxsize=64)(self._formats))
 
-@dataclass(slots=True)
-class Accepted:
+    def _formats(self, content_type: bytes | None, content_encoding: bytes | None) -> tuple[Decoder, Encoding]:
+        encoding = compression.parse_encoding(content_encoding.decode("latin-1") if content_encoding else None)
+        return self.decoder(content_type), encoding
+
+
+class Accepted(NamedTuple):
     stored: Stored
     client: str | None
     commit: str | None = None
@@ -54,10 +68,11 @@ class Accepted:
 
 def authenticate(gw: Gateway, req: Request, schemes: frozenset[str] = frozenset()) -> str | None:
     """Duplicate headers (400) before auth (401); the client's key name, None when auth is off."""
-    repeated = req.repeated_single()
-    if repeated is not None:
-        raise Refusal(400, "duplicate_header", f"the {repeated.decode().title()} header is sent more than once")
-    if not gw.keys:
+    if req.repeated:
+        repeated = req.repeated_single()
+        if repeated is not None:
+            raise Refusal(400, "duplicate_header", f"the {repeated.decode().title()} header is sent more than once")
+    if not gw.keys.names:
         return None
     client = gw.keys.client(req.headers.get(b"authorization"), schemes)
     if client is None:
@@ -67,37 +82,41 @@ def authenticate(gw: Gateway, req: Request, schemes: frozenset[str] = frozenset(
 
 async def accept(gw: Gateway, req: Request, intake: Intake) -> Accepted:
     records: Records | None = None
+    headers = req.headers
     try:
-        client = authenticate(gw, req, intake.schemes)
-        decode = intake.decoder(req.headers.get(b"content-type"))
-        coding = req.headers.get(b"content-encoding")
-        encoding = compression.parse_encoding(coding.decode("latin-1") if coding else None)
-        header_priority = _header_priority(req)
+        client = authenticate(gw, req, intake.schemes) if req.repeated or gw.keys.names else None
+        decode, encoding = intake.formats(headers.get(b"content-type"), headers.get(b"content-encoding"))
+        header_priority = headers.get(b"x-priority")
         if header_priority is not None:
+            header_priority = parse_priority(header_priority)
             gw.admit(header_priority)  # refused before the body is read
         body, held = await read_body(gw, req, gw.limits.max_body_bytes)
         try:
-            records = await _decode(gw, decode, body, encoding)
+            if encoding is _IDENTITY and len(body) < OFFLOAD_BYTES and body and not body.isspace():
+                records = decode(body, gw.limits)  # the common case, on the loop
+            else:
+                records = await _decode(gw, decode, body, encoding)
             del body
-            priority = records.priority if records.priority is not None else header_priority or 0
-            gw.admit(priority)
+            priority = records.priority
+            if priority is None:
+                priority = header_priority or 0
+            if priority < gw.settings.priority_threshold:
+                for words, mark in gw.low_marks:  # gw.admit, written out: any ring below its mark takes it
+                    if words[PRODUCER_WORD] - words[FREE_WORD] <= mark:
+                        break
+                else:
+                    gw.admit(priority)
             stored = gw.store(records, req.received_ns)
         finally:
-            gw.release(held)
+            gw.inflight_bytes -= held
     except Refusal as refusal:
         if gw.metrics is not None:
             gw.metrics.rejected(refusal.code, records.count if records is not None else 1)
         raise
     gw.metrics.inc("records_accepted_total", stored.count)
-    accepted = Accepted(stored, client)
-    if intake.ack_commit and req.query("ack") == "commit":
-        accepted.commit = await gw.wait_committed(stored)
-    return accepted
-
-
-def _header_priority(req: Request) -> int | None:
-    value = req.headers.get(b"x-priority")
-    return None if value is None else parse_priority(value)
+    if intake.ack_commit and req.scope.get("query_string") and req.query("ack") == "commit":
+        return Accepted(stored, client, await gw.wait_committed(stored))
+    return _new_tuple(Accepted, (stored, client, None))  # no NamedTuple __new__ frame per request
 
 
 def _decode_sync(decode: Decoder, body: bytes, encoding: Encoding, limits) -> Records:
@@ -105,7 +124,7 @@ def _decode_sync(decode: Decoder, body: bytes, encoding: Encoding, limits) -> Re
 
 
 async def _decode(gw: Gateway, decode: Decoder, body: bytes, encoding: Encoding) -> Records:
-    large = len(body) >= (OFFLOAD_BYTES if encoding is Encoding.IDENTITY else OFFLOAD_COMPRESSED_BYTES)
+    large = len(body) >= (OFFLOAD_BYTES if encoding is _IDENTITY else OFFLOAD_COMPRESSED_BYTES)
     if not large:
         return _decode_sync(decode, body, encoding, gw.limits)
     global _pool

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import NamedTuple
 from urllib.parse import parse_qs
 
 SINGLE_HEADERS = (b"authorization", b"content-type", b"content-encoding", b"content-length")
@@ -61,12 +62,13 @@ class Request:
         return client[0] if client else ""
 
 
-@dataclass(slots=True)
-class Answer:
+class Answer(NamedTuple):
+    """A NamedTuple: the hot path builds one per request with tuple.__new__, no Python frame."""
+
     status: int
     body: bytes = b""
     content_type: bytes | None = b"application/json"
-    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    headers: list[tuple[bytes, bytes]] | tuple = ()
 
 
 Handler = Callable[[Request], Awaitable[Answer]]

@@ -17,19 +17,39 @@ class Status:
     def __init__(self, gw: Gateway) -> None:
         self.gw = gw
 
-    def _admin(self, req: Request) -> None:
-        """RINGGATE_ADMIN_AUTH=1: readiness, metrics and stats need a key too."""
-        if self.gw.settings.admin_auth:
-            authenticate(self.gw, req)
+    def _guarded(self, answer, admin: bool = True):
+        """The handler behind a key check: always (batch status) or with RINGGATE_ADMIN_AUTH=1."""
+
+        async def handle(req: Request) -> Answer:
+            if not admin or self.gw.settings.admin_auth:
+                try:
+                    authenticate(self.gw, req)
+                except Refusal as refusal:
+                    return refused(refusal)
+            return answer(req)
+
+        return handle
+
+    @property
+    def readyz(self):
+        return self._guarded(self._readyz)
+
+    @property
+    def metrics(self):
+        return self._guarded(self._metrics)
+
+    @property
+    def stats(self):
+        return self._guarded(self._stats)
+
+    @property
+    def batch(self):
+        return self._guarded(self._batch, admin=False)
 
     async def healthz(self, req: Request) -> Answer:
         return json_answer(200, {"status": "ok"})
 
-    async def readyz(self, req: Request) -> Answer:
-        try:
-            self._admin(req)
-        except Refusal as refusal:
-            return refused(refusal)
+    def _readyz(self, req: Request) -> Answer:
         gw = self.gw
         reports = [gw.ring_report(i) for i in range(len(gw.rings))]
         stale_s = max(5.0, 10 * gw.settings.flush_interval_ms / 1000)
@@ -54,30 +74,18 @@ class Status:
         }
         return json_answer(503 if reasons else 200, body)
 
-    async def metrics(self, req: Request) -> Answer:
-        try:
-            self._admin(req)
-        except Refusal as refusal:
-            return refused(refusal)
+    def _metrics(self, req: Request) -> Answer:
         gw = self.gw
         reports = [gw.ring_report(i) for i in range(len(gw.rings))]
         text = render(gw.metrics.totals(), sink_label(gw.settings.sink), reports)
         return Answer(200, text.encode(), b"text/plain; version=0.0.4")
 
-    async def batch(self, req: Request) -> Answer:
-        try:
-            authenticate(self.gw, req)
-        except Refusal as refusal:
-            return refused(refusal)
+    def _batch(self, req: Request) -> Answer:
         batch_id = req.params["batch_id"]
         status = self.gw.batch_status(batch_id)
         return json_answer(404 if status == "unknown" else 200, {"batch_id": batch_id, "status": status})
 
-    async def stats(self, req: Request) -> Answer:
-        try:
-            self._admin(req)
-        except Refusal as refusal:
-            return refused(refusal)
+    def _stats(self, req: Request) -> Answer:
         gw = self.gw
         totals = gw.metrics.totals()
         rejected = sum(v for k, v in totals.items() if k.startswith("records_rejected_total:"))

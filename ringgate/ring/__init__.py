@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import ConfigurationError, RinggateError
+from ..process import process_start_time
 from . import layout as L
 
 SHM_DIR = "/dev/shm"
@@ -99,19 +100,6 @@ def existing_rings(instance: str) -> list[int]:
     return found
 
 
-def process_start_time(pid: int) -> int | None:
-    """Start time in clock ticks since boot (/proc/<pid>/stat field 22); None when gone or a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return None
-    fields = stat[stat.rindex(b")") + 2 :].split()
-    if fields[0] in (b"Z", b"X"):
-        return None
-    return int(fields[19])
-
-
 def owner_word(pid: int | None = None) -> int:
     """What a claim holds at offset 8 until commit, written before its in-progress header, so the
     consumer can tell a dead producer from a slow one (layout.py: bit 63 set, start time, pid)."""
@@ -131,6 +119,10 @@ def owner_alive(word: int) -> bool:
     pid = word & 0xFFFFFFFF
     start = process_start_time(pid)
     return start is not None and (start & 0x7FFFFFFF) == (word >> 32) & 0x7FFFFFFF
+
+
+PRODUCER_WORD = L.PRODUCER_POSITION_OFFSET // 8
+FREE_WORD = L.FREE_POSITION_OFFSET // 8
 
 
 class _HeaderField:
@@ -185,6 +177,9 @@ class Ring:
             )
         self.buf = memoryview(mm)
         self._q = self.buf.cast("q")
+        self.words = self._q
+        """The header as int64 words, for the few per-request reads that cannot afford a call each
+        (index = layout offset // 8; read-only use outside this module)."""
         self.capacity: int = self._q[L.CAPACITY_OFFSET // 8]
         self.epoch: int = self._q[L.EPOCH_OFFSET // 8]
         self._producer_lock_fd: int | None = None
@@ -280,7 +275,8 @@ class Ring:
 
     @property
     def used_bytes(self) -> int:
-        return max(0, self.producer_position - self._get(L.FREE_POSITION_OFFSET))
+        q = self._q  # read per request (priority admission): no descriptor calls
+        return max(0, q[PRODUCER_WORD] - q[FREE_WORD])
 
     @property
     def inflight(self) -> tuple[int, int] | None:

@@ -202,14 +202,14 @@ static ring_t sr;
 static int64_t s_position, s_later;
 static int s_claim_status, s_unblocked;
 
-static void *zero_producer(void *arg) {
-    (void)arg;
+/* producer B of both scenarios: claims two records at P; arg points at where its status goes */
+static void *two_record_producer(void *arg) {
     thread_begin(1);
     char blob[200];
     int64_t lengths[2] = {make_record(blob, 1, 0, 40), 0};
     lengths[1] = make_record(blob + lengths[0], 1, 1, 40);
     armed = 1;
-    s_claim_status = claim(&sr, blob, lengths, 2, owner_of(1), NULL, NULL);
+    *(int *)arg = claim(&sr, blob, lengths, 2, owner_of(1), NULL, NULL);
     armed = 0;
     thread_end();
     return NULL;
@@ -232,19 +232,6 @@ static void *zero_consumer(void *arg) {
  * owner word is already the received time), reads, releases and fills a lap, then claims the
  * same length at the same index and stops after its header CAS; B resumes. */
 static int s_b_status, s_a_status;
-
-static void *lap_victim(void *arg) {
-    (void)arg;
-    thread_begin(1);
-    char blob[200];
-    int64_t lengths[2] = {make_record(blob, 1, 0, 40), 0};
-    lengths[1] = make_record(blob + lengths[0], 1, 1, 40);
-    armed = 1;
-    s_b_status = claim(&sr, blob, lengths, 2, owner_of(1), NULL, NULL);
-    armed = 0;
-    thread_end();
-    return NULL;
-}
 
 static void *lap_consumer(void *arg) {
     (void)arg;
@@ -278,7 +265,7 @@ static void *lap_consumer(void *arg) {
     return NULL;
 }
 
-static void run_schedule(const step *steps, int n, void *(*a)(void *), void *(*b)(void *)) {
+static void run_schedule(const step *steps, int n, void *(*a)(void *), void *(*b)(void *), void *b_arg) {
     schedule = steps;
     schedule_length = n;
     current_step = 0;
@@ -286,7 +273,7 @@ static void run_schedule(const step *steps, int n, void *(*a)(void *), void *(*b
     turn = steps[0].thread;
     pthread_t ta, tb;
     pthread_create(&ta, NULL, a, NULL);
-    pthread_create(&tb, NULL, b, NULL);
+    pthread_create(&tb, NULL, b, b_arg);
     pthread_join(ta, NULL);
     pthread_join(tb, NULL);
 }
@@ -356,7 +343,7 @@ static int schedules(void) {
                 step steps[] = {{1, RACE_CLAIM_AFTER_POSITION, -1}, first, second,
                                 {first.thread, POINT_END, -1}, {second.thread, POINT_END, -1}};
                 reset_ring(&sr, s_position);
-                run_schedule(steps, 5, zero_consumer, zero_producer);
+                run_schedule(steps, 5, zero_consumer, two_record_producer, &s_claim_status);
                 runs++;
                 const char *wrong = NULL;
                 int64_t w = load(&sr, HEADER_LENGTH + idx);
@@ -380,7 +367,7 @@ static int schedules(void) {
     reset_ring(&sr, s_position);
     step lap[] = {{1, RACE_CLAIM_BEFORE_COMMIT, -1}, {0, RACE_CLAIM_AFTER_HEADER, -1}, {1, POINT_END, -1},
                   {0, POINT_END, -1}};
-    run_schedule(lap, 4, lap_consumer, lap_victim);
+    run_schedule(lap, 4, lap_consumer, two_record_producer, &s_b_status);
     runs++;
     if (s_b_status == CLAIM_OK || s_a_status != CLAIM_OK) {
         failures++;
