@@ -137,7 +137,7 @@ def check_url(name: str, value: str, *, dead_letters: bool = False) -> str:
     kind = sink_kind(value)
     if kind is None or kind not in kinds:
         forms = ", ".join(k.form for k in kinds)
-        raise ConfigurationError(f"{name} must be one of {forms}: {redact(value)!r}")
+        raise ConfigurationError(f"{name} must be a URL, one of {forms}: {redact(value)!r}")
     rule = kind.check(value)
     if rule is not None:
         raise ConfigurationError(f"{name} must be {rule}: {redact(value)!r}")

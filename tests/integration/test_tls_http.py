@@ -132,6 +132,7 @@ def h2c_healthz(port: int) -> tuple[bytes, int | None]:
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         sock.sendall(H2_PREFACE + _frame(H2_SETTINGS, 0, 0, b"") + _frame(H2_HEADERS, 0x5, 1, block))
         received = b""
+        offset = 0  # of the first frame not yet looked at
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             try:
@@ -141,8 +142,7 @@ def h2c_healthz(port: int) -> tuple[bytes, int | None]:
             if not chunk:
                 break
             received += chunk
-            # walk the frames received so far, if they are frames
-            offset = 0
+            # walk the frames received since, if they are frames (each SETTINGS acknowledged once)
             while received[:3] != b"HTT" and offset + 9 <= len(received):
                 length = int.from_bytes(received[offset : offset + 3], "big")
                 kind, stream = received[offset + 3], int.from_bytes(received[offset + 5 : offset + 9], "big") & 0x7FFFFFFF
