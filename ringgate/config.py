@@ -15,6 +15,7 @@ import msgspec
 
 from .errors import ConfigurationError
 from .keys import parse_entries, read_file
+from .sinks import check_url
 
 MIB = 1 << 20
 CHILD_SETTINGS_ENV = "RINGGATE_SETTINGS_JSON"
@@ -23,6 +24,7 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 IMPLS = ("native", "python")
 COMPRESSIONS = ("none", "gzip", "zstd")
 PARTITIONS = ("none", "month")
+HTTP_MODES = ("1", "auto")
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
@@ -60,6 +62,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     impl: str = ""  # "" = best available
     log_format: str = "text"
     log_level: str = "info"
+    tls_cert: str = ""  # PEM paths; both or neither: HTTPS only
+    tls_key: str = ""
+    http: str = "1"  # "1": HTTP/1.1 only; "auto": HTTP/2 too
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -103,6 +108,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             raise ConfigurationError(
                 f"RINGGATE_INSTANCE must be letters, digits, '-', '_' or '.': {instance!r}"
             )
+        tls_cert, tls_key = env.get("RINGGATE_TLS_CERT", "").strip(), env.get("RINGGATE_TLS_KEY", "").strip()
+        if bool(tls_cert) != bool(tls_key):
+            raise ConfigurationError(
+                "RINGGATE_TLS_CERT and RINGGATE_TLS_KEY must be set together (PEM files for HTTPS): "
+                f"only {'RINGGATE_TLS_CERT' if tls_cert else 'RINGGATE_TLS_KEY'} is set"
+            )
         return cls(
             host=env.get("RINGGATE_HOST", "127.0.0.1"),
             port=port,
@@ -113,7 +124,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             batch_bytes=r.int("RINGGATE_BATCH_BYTES", 8 * MIB, lo=1),
             flush_interval_ms=r.int("RINGGATE_FLUSH_INTERVAL_MS", 200, lo=1),
             sink=r.url("RINGGATE_SINK", "file://./ringgate-data"),
-            dlq=r.url("RINGGATE_DLQ", "file://./ringgate-dead-letter"),
+            dlq=r.url("RINGGATE_DLQ", "file://./ringgate-dead-letter", dead_letters=True),
             object_part_bytes=r.int("RINGGATE_OBJECT_PART_BYTES", 8 * MIB, lo=5 * MIB),
             object_compression=r.choice("RINGGATE_OBJECT_COMPRESSION", "none", COMPRESSIONS),
             drain_timeout_s=r.float("RINGGATE_DRAIN_TIMEOUT_S", 30.0, lo=0.0),
@@ -138,6 +149,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             impl=r.choice("RINGGATE_IMPL", "", ("",) + IMPLS),
             log_format=r.choice("RINGGATE_LOG_FORMAT", "text", LOG_FORMATS),
             log_level=r.choice("RINGGATE_LOG_LEVEL", "info", LOG_LEVELS),
+            tls_cert=tls_cert,
+            tls_key=tls_key,
+            http=r.choice("RINGGATE_HTTP", "1", HTTP_MODES),
         )
 
     def to_child_environ(self) -> dict[str, str]:
@@ -196,15 +210,9 @@ class _Reader:
             raise ConfigurationError(f"{name} must be one of {allowed}: {value!r}")
         return value
 
-    def url(self, name: str, default: str) -> str:
-        value = self.env.get(name, default).strip()
-        scheme = value.split(":", 1)[0].lower() if ":" in value else ""
-        if scheme not in ("file", "s3", "gs", "az", "abfs", "memory", "postgresql", "postgres", "stdout"):
-            raise ConfigurationError(
-                f"{name} must be a file://, s3://, gs://, az://, memory://, postgresql:// "
-                f"or stdout: URL: {value!r}"
-            )
-        return value
+    def url(self, name: str, default: str, dead_letters: bool = False) -> str:
+        """A sink URL by the rules its sink declares (ringgate.sinks.KINDS); shown only redacted."""
+        return check_url(name, self.env.get(name, default).strip() or default, dead_letters=dead_letters)
 
     def identifier(self, name: str, default: str) -> str:
         """[schema.]table, plain ASCII SQL identifiers, at most 48 characters each (the sink derives

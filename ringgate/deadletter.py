@@ -13,7 +13,8 @@ import msgspec
 import obstore
 
 from .errors import RinggateError, SinkError
-from .sinks.objstore import describe, open_store
+from .sinks import redact
+from .sinks.objstore import describe, failure_class, open_store
 
 FIELDS = ("error", "sink", "attempts", "ring", "epoch", "seq", "record")
 _encoder = msgspec.json.Encoder()
@@ -34,19 +35,22 @@ class DeadLetterStore:
         try:
             body = _encoder.encode_lines([_line(line) for line in lines])
         except (msgspec.EncodeError, TypeError, ValueError) as exc:
-            raise SinkError(f"dead-letter store cannot encode the lines of {batch_name}: {exc}") from exc
+            raise SinkError(f"dead-letter store cannot encode the lines of {batch_name}: {exc}",
+                            reason="cannot encode the lines") from exc
         if self._store is None:
             # opened at first use: a store that cannot be opened yet gets a fresh chance each call
             try:
                 self._store, self._prefix = open_store(self.url)
             except RinggateError as exc:
-                raise SinkError(f"dead-letter store {self.url} is unusable: {exc}") from exc
+                raise SinkError(f"dead-letter store {redact(self.url)} is unusable: {exc}",
+                                reason=getattr(exc, "reason", "unusable")) from exc
         key = f"{self._prefix}/{batch_name}.ndjson" if self._prefix else f"{batch_name}.ndjson"
         try:
             obstore.put(self._store, key, body, use_multipart=False)
         except Exception as exc:
             raise SinkError(
-                f"dead-letter store could not write {key} to {self.url}: {describe(exc)}"
+                f"dead-letter store could not write {key} to {redact(self.url)}: {describe(exc)}",
+                reason=failure_class(exc),
             ) from exc
 
 

@@ -9,8 +9,21 @@ class ConfigurationError(RinggateError):
     """A setting is invalid; the message names the variable, the value and the rule."""
 
 
+class UntrustedFileError(RinggateError):
+    """A file in /dev/shm another local user could have made or may open: never adopted (exit 1)."""
+
+
 class SinkError(RinggateError):
-    """A sink could not take a batch."""
+    """A sink could not take a batch.
+
+    The message, for the logs, says everything (hosts, paths, keys; never a password); `reason`
+    is the failure class alone ("connection refused"), for /readyz, which anyone who can reach
+    the port may read.
+    """
+
+    def __init__(self, message: str, reason: str = "") -> None:
+        super().__init__(message)
+        self.reason = reason or "delivery failed"
 
 
 class RetryableSinkError(SinkError):

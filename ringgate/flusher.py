@@ -20,7 +20,7 @@ import numpy as np
 from .config import Settings
 from .errors import PermanentSinkError, RinggateError, SinkError
 from .metrics import Metrics
-from .process import configure_logging, die_with_supervisor
+from .process import configure_logging, die_with_supervisor, settings_secrets
 from .ring import ReadBuffers, ReadResult, Ring, segment_name
 from .ring import layout as L
 from .sinks import Batch, Sink, make_sink, sink_label
@@ -181,8 +181,11 @@ class Flusher:
             except DeadLetterFailure:
                 raise
             except Exception as exc:  # noqa: BLE001 - every failure but a refused record is retried
+                # /readyz (anyone who reaches the port) gets the sink and the failure class; the
+                # log gets the detail, scrubbed of the URL's password by the log formatter
+                failure = exc.reason if isinstance(exc, SinkError) else type(exc).__name__
+                self.ring.set_sink_reason(f"{self.sink_label}: {failure}")
                 reason = f"{self.sink_label}: {exc}" if isinstance(exc, SinkError) else f"{self.sink_label}: {exc!r}"
-                self.ring.set_sink_reason(reason)
                 if self.metrics:
                     self.metrics.inc("delivery_retries_total")
                 delay = backoff_s(self._attempts, self.settings.retry_base_ms, self.settings.retry_max_ms, self._rng)
@@ -310,23 +313,31 @@ class Flusher:
 def main(ring_index: int) -> int:
     """Entry point of a flusher process (started by the supervisor as `ringgate flusher N`)."""
     settings = Settings.from_child_environ()
-    configure_logging(settings.log_format, settings.log_level)
+    configure_logging(settings.log_format, settings.log_level, secrets=settings_secrets(settings))
     die_with_supervisor()
     # a terminal's Ctrl-C and most process managers signal the whole group: the supervisor
     # decides when we drain (DRAINING in the ring header), not the signal
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    ring = Ring.attach(segment_name(settings.instance, ring_index))
-    ring.lock_consumer()
-    ring.flusher_pid = os.getpid()
-    metrics = Metrics.attach(settings.instance)
-    sink = make_sink(settings)
+    try:
+        ring = Ring.attach(segment_name(settings.instance, ring_index))
+        ring.lock_consumer()
+        ring.flusher_pid = os.getpid()
+        metrics = Metrics.attach(settings.instance)
+        sink = make_sink(settings)
+    except Exception:
+        # through the log formatter, which scrubs secrets (a traceback printed by Python would not)
+        log.critical("flusher for ring %d cannot start", ring_index, exc_info=True)
+        return 1
     log.info("flusher for ring %d (%d bytes, epoch %d) delivering to %s",
              ring_index, ring.capacity, ring.epoch, sink_label(settings.sink))
     try:
         return Flusher(settings, ring_index, ring, sink, metrics).run()
     except DeadLetterFailure:
         return 3
+    except Exception:
+        log.critical("flusher for ring %d failed", ring_index, exc_info=True)
+        return 1
     finally:
         sink.close()
 

@@ -17,6 +17,7 @@ import os
 import numpy as np
 
 from .process import pid_alive
+from .shm import open_private
 
 SHM_DIR = "/dev/shm"
 SLOTS = 256
@@ -61,7 +62,7 @@ class Metrics:
     """This process's row of the shared counters."""
 
     def __init__(self, path: str) -> None:
-        fd = os.open(path, os.O_RDWR)
+        fd = open_private(path)
         try:
             self._mm = mmap.mmap(fd, SLOTS * ROW_BYTES)
             fcntl.flock(fd, fcntl.LOCK_EX)  # serialise row allocation between processes
@@ -76,9 +77,16 @@ class Metrics:
 
     @classmethod
     def create(cls, instance: str) -> None:
-        """Called once by the supervisor: a fresh, zeroed segment (counters restart with the process)."""
+        """Called once by the supervisor: a fresh, zeroed segment (counters restart with the process).
+
+        One left by a crashed run of ours is reused, zeroed; one we did not make is refused
+        (UntrustedFileError) before it is truncated: it may be a symlink to any file of ours."""
         path = segment_path(instance)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            fd = open_private(path, create=True, exclusive=True)
+        except FileExistsError:
+            fd = open_private(path)
+            os.ftruncate(fd, 0)
         try:
             os.posix_fallocate(fd, 0, SLOTS * ROW_BYTES)
         finally:

@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Iterable
 
 SUPERVISOR_PID_ENV = "RINGGATE_SUPERVISOR_PID"
 RING_COUNT_ENV = "RINGGATE_RING_COUNT"  # rings of this run: adopted ones may outnumber RINGGATE_FLUSHERS
@@ -92,15 +93,52 @@ class _JsonFormatter(logging.Formatter):
         }
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            entry["exc"] = record.exc_text
         return json.dumps(entry)
 
 
-def configure_logging(fmt: str, level: str) -> None:
+class _ScrubbingFormatter(logging.Formatter):
+    """Any formatter's line with the sink URLs' passwords replaced by ***: messages, arguments and
+    tracebacks alike (a library's exception text may quote a URL or a connection string)."""
+
+    def __init__(self, inner: logging.Formatter, secrets: Iterable[str]) -> None:
+        super().__init__()
+        self.inner = inner
+        self.secrets = tuple(secrets)
+
+    def format(self, record: logging.LogRecord) -> str:
+        from .sinks import scrub
+
+        # before formatting too: JSON escaping would hide a password with '"' or '\\' in it
+        clean = logging.makeLogRecord(record.__dict__)
+        clean.msg, clean.args = scrub(record.getMessage(), self.secrets), None
+        if record.exc_info:
+            clean.exc_text = scrub(self.inner.formatException(record.exc_info), self.secrets)
+            clean.exc_info = None
+        return scrub(self.inner.format(clean), self.secrets)
+
+
+def settings_secrets(settings) -> list[str]:
+    """What the logs must never show: the passwords in RINGGATE_SINK and RINGGATE_DLQ."""
+    from .sinks import url_secrets
+
+    return url_secrets(settings.sink) + url_secrets(settings.dlq)
+
+
+def configure_logging(fmt: str, level: str, secrets: Iterable[str] | None = None) -> None:
+    """`secrets`: strings never to print; by default those of the RINGGATE_SINK and
+    RINGGATE_DLQ this process was started with (every child inherits them)."""
+    if secrets is None:
+        from .sinks import url_secrets
+
+        secrets = [s for name in ("RINGGATE_SINK", "RINGGATE_DLQ") for s in url_secrets(os.environ.get(name, ""))]
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
-        handler.setFormatter(_JsonFormatter())
+        inner: logging.Formatter = _JsonFormatter()
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s[%(process)d] %(message)s"))
+        inner = logging.Formatter("%(asctime)s %(levelname)s %(name)s[%(process)d] %(message)s")
+    handler.setFormatter(_ScrubbingFormatter(inner, secrets))
     root = logging.getLogger("ringgate")
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

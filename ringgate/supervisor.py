@@ -20,25 +20,32 @@ import threading
 import time
 
 from .config import Settings
-from .errors import ConfigurationError
+from .errors import ConfigurationError, UntrustedFileError
 from .metrics import Metrics
-from .process import RING_COUNT_ENV, SUPERVISOR_PID_ENV, configure_logging
+from .process import RING_COUNT_ENV, SUPERVISOR_PID_ENV, configure_logging, settings_secrets
 from .ring import IMPL_NAME, Ring, RingError, existing_rings, segment_name, segment_path
-from .sinks import sink_label
+from .shm import open_private
+from .sinks import redact
 
 log = logging.getLogger("ringgate.supervisor")
 
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_CONFIG = 2
+#: header bytes an HTTP/2 client may send (RINGGATE_HTTP=auto): Granian's default is 16 MiB, far
+#: past what HTTP/1.1 allows it (its 416 KiB read buffer), and each stream may use it
+HTTP2_MAX_HEADER_BYTES = 64 * 1024
 
 
 class InstanceLock:
-    """One live supervisor per instance: an flock the kernel drops when we die."""
+    """One live supervisor per instance: an flock the kernel drops when we die.
+
+    The file is ours alone (open_private): one another user made could be flock'ed by them,
+    keeping every supervisor of the instance out, or be a symlink that ftruncate would follow."""
 
     def __init__(self, instance: str) -> None:
         self.path = segment_path(f"{instance}.lock")
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        self.fd = open_private(self.path, create=True)
 
     def acquire(self) -> bool:
         while True:
@@ -56,7 +63,7 @@ class InstanceLock:
             if current is not None and (current.st_dev, current.st_ino) == (mine.st_dev, mine.st_ino):
                 break
             os.close(self.fd)
-            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            self.fd = open_private(self.path, create=True)
         os.ftruncate(self.fd, 0)
         os.pwrite(self.fd, f"{os.getpid()}\n".encode(), 0)
         return True
@@ -133,9 +140,14 @@ class FlusherManager(threading.Thread):
 
 
 def serve(settings: Settings) -> int:
-    configure_logging(settings.log_format, settings.log_level)
-    lock = InstanceLock(settings.instance)
-    if not lock.acquire():
+    configure_logging(settings.log_format, settings.log_level, secrets=settings_secrets(settings))
+    try:
+        lock = InstanceLock(settings.instance)
+        acquired = lock.acquire()
+    except UntrustedFileError as exc:
+        print(f"ringgate: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    if not acquired:
         print(
             f"ringgate: instance {settings.instance!r} is already served by supervisor pid {lock.holder()} "
             f"({lock.path}); stop it or set RINGGATE_INSTANCE",
@@ -150,7 +162,11 @@ def serve(settings: Settings) -> int:
         lock.release(unlink=True)
         return EXIT_FAILED
     try:
-        rings = _open_rings(settings)
+        rings = _open_shared_memory(settings)
+    except UntrustedFileError as exc:
+        print(f"ringgate: {exc}", file=sys.stderr)
+        lock.release(unlink=True)
+        return EXIT_FAILED
     except ConfigurationError as exc:
         print(f"ringgate: {exc}", file=sys.stderr)
         lock.release(unlink=True)
@@ -159,7 +175,6 @@ def serve(settings: Settings) -> int:
         print(f"ringgate: cannot open the rings of instance {settings.instance!r}: {exc}", file=sys.stderr)
         lock.release(unlink=True)
         return EXIT_FAILED
-    Metrics.create(settings.instance)
 
     child_env = dict(os.environ)
     child_env.update(settings.to_child_environ())
@@ -173,7 +188,7 @@ def serve(settings: Settings) -> int:
     log.info(
         "serving %s:%d with %d workers, %d rings of %d bytes (%s ring), sink %s",
         settings.host, settings.port, settings.workers, len(rings), rings[0].capacity, IMPL_NAME,
-        sink_label(settings.sink),
+        redact(settings.sink),
     )
     failed = False
     try:
@@ -193,6 +208,17 @@ def _check_listen(settings: Settings) -> None:
     with socket.socket(family, socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         probe.bind((settings.host, settings.port))
+
+
+def _open_shared_memory(settings: Settings) -> list[Ring]:
+    """The metrics segment, then the rings; nothing of ours is left behind if either is refused
+    (UntrustedFileError), and nothing of anyone else's is changed."""
+    Metrics.create(settings.instance)
+    try:
+        return _open_rings(settings)
+    except BaseException:
+        Metrics.unlink(settings.instance)
+        raise
 
 
 def _open_rings(settings: Settings) -> list[Ring]:
@@ -220,9 +246,15 @@ def _open_rings(settings: Settings) -> list[Ring]:
 
 def _run_granian(settings: Settings) -> bool:
     """Serve until SIGTERM/SIGINT; False if Granian stopped on its own (e.g. a worker crash loop)."""
-    from granian import Granian
-    from granian.constants import Interfaces, Loops
+    from pathlib import Path
 
+    from granian import Granian
+    from granian.constants import HTTPModes, Interfaces, Loops
+    from granian.http import HTTP2Settings
+
+    # HTTPS only when configured (Granian then speaks no cleartext on the port); HTTP/2 only
+    # when asked for: Granian's default, auto, also accepts cleartext HTTP/2 (h2c prior knowledge)
+    tls = {"ssl_cert": Path(settings.tls_cert), "ssl_key": Path(settings.tls_key)} if settings.tls_cert else {}
     server = Granian(
         "ringgate.http.app:create_app",
         factory=True,
@@ -233,6 +265,9 @@ def _run_granian(settings: Settings) -> bool:
         loop=Loops.uvloop,
         respawn_failed_workers=True,
         log_level=settings.log_level if settings.log_level != "warning" else "warn",
+        http=HTTPModes.auto if settings.http == "auto" else HTTPModes.http1,
+        http2_settings=HTTP2Settings(max_headers_size=HTTP2_MAX_HEADER_BYTES),
+        **tls,
     )
     server.serve()
     return bool(getattr(server, "interrupt_signal", True))
@@ -269,9 +304,40 @@ def _drain(settings: Settings, rings: list[Ring], manager: FlusherManager, lock:
     return EXIT_OK
 
 
+def check_tls(settings: Settings) -> None:
+    """ConfigurationError unless RINGGATE_TLS_CERT / RINGGATE_TLS_KEY (when set) are readable PEM
+    files holding a certificate and its unencrypted key: found now, not by every worker failing
+    its TLS set-up in a respawn loop."""
+    if not settings.tls_cert:
+        return
+    import ssl
+
+    for name, path in (("RINGGATE_TLS_CERT", settings.tls_cert), ("RINGGATE_TLS_KEY", settings.tls_key)):
+        try:
+            with open(path, "rb") as f:
+                head = f.read(1 << 20)
+        except OSError as exc:
+            raise ConfigurationError(f"{name} must be a readable PEM file: {path}: {exc.strerror}") from None
+        if b"-----BEGIN " not in head:
+            raise ConfigurationError(f"{name} must be a PEM file (-----BEGIN ...): {path}")
+
+    def no_password() -> bytes:
+        raise ValueError("the key is encrypted")
+
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(settings.tls_cert, settings.tls_key, no_password)
+    except (ssl.SSLError, ValueError) as exc:
+        why = getattr(exc, "reason", None) or str(exc)
+        raise ConfigurationError(
+            "RINGGATE_TLS_CERT and RINGGATE_TLS_KEY must be a PEM certificate (chain) and its unencrypted "
+            f"private key: {settings.tls_cert}, {settings.tls_key}: {why}"
+        ) from None
+
+
 def main() -> int:
     try:
         settings = Settings.from_environ()
+        check_tls(settings)
     except ConfigurationError as exc:
         print(f"ringgate: {exc}", file=sys.stderr)
         return EXIT_CONFIG

@@ -28,9 +28,11 @@ import numpy as np
 
 from ..errors import ConfigurationError, RinggateError
 from ..process import process_start_time
+from ..shm import open_private
 from . import layout as L
 
 SHM_DIR = "/dev/shm"
+LOCK_SUFFIXES = (".producer.lock", ".consumer.lock")
 
 
 def _load_impl():
@@ -91,13 +93,25 @@ def segment_path(name: str) -> str:
 
 
 def existing_rings(instance: str) -> list[int]:
-    """Ring numbers of the segments a previous run of this instance left behind, in order."""
+    """Ring numbers of the segments a previous run of this instance left behind, in order.
+
+    A symlink counts (lexists), so that attaching refuses it rather than a create failing on it."""
     found = []
     n = 0
-    while os.path.exists(segment_path(segment_name(instance, n))):
+    while os.path.lexists(segment_path(segment_name(instance, n))):
         found.append(n)
         n += 1
     return found
+
+
+def check_lock_files(path: str) -> None:
+    """UntrustedFileError if a lock file of the segment at `path` exists but is not ours alone:
+    anyone who can open one can flock it and stall our producers or our consumer."""
+    for suffix in LOCK_SUFFIXES:
+        try:
+            os.close(open_private(path + suffix))
+        except FileNotFoundError:
+            pass  # created 0600 by the first process that locks it
 
 
 def owner_word(pid: int | None = None) -> int:
@@ -197,7 +211,8 @@ class Ring:
             raise ConfigurationError(f"ring capacity must be a power of two >= {L.MIN_CAPACITY}: {capacity}")
         path = segment_path(name)
         size = L.HEADER_LENGTH + capacity
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        check_lock_files(path)
+        fd = open_private(path, create=True, exclusive=True)
         try:
             try:
                 os.posix_fallocate(fd, 0, size)
@@ -225,7 +240,8 @@ class Ring:
     @classmethod
     def attach(cls, name: str, ring_impl=None) -> Ring:
         path = segment_path(name)
-        fd = os.open(path, os.O_RDWR)
+        check_lock_files(path)
+        fd = open_private(path)
         try:
             size = os.fstat(fd).st_size
             if size < L.HEADER_LENGTH + L.MIN_CAPACITY:
@@ -252,7 +268,7 @@ class Ring:
         os.close(self._fd)
 
     def unlink(self) -> None:
-        for path in (self.path, self.path + ".producer.lock", self.path + ".consumer.lock"):
+        for path in (self.path, *(self.path + suffix for suffix in LOCK_SUFFIXES)):
             try:
                 os.unlink(path)
             except FileNotFoundError:
@@ -360,7 +376,7 @@ class Ring:
             yield True
             return
         if self._producer_lock_fd is None:
-            self._producer_lock_fd = os.open(self.path + ".producer.lock", os.O_RDWR | os.O_CREAT, 0o600)
+            self._producer_lock_fd = open_private(self.path + ".producer.lock", create=True)
         fd = self._producer_lock_fd
         deadline = time.monotonic() + (0.05 if blocking else 0)
         while True:
@@ -381,7 +397,7 @@ class Ring:
 
     def lock_consumer(self) -> None:
         """Become this ring's only consumer; RingError naming the holder if another one is."""
-        fd = os.open(self.path + ".consumer.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        fd = open_private(self.path + ".consumer.lock", create=True)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

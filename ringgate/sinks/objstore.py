@@ -36,6 +36,7 @@ import zstandard
 from obstore.store import LocalStore, MemoryStore, from_url
 
 from ..errors import ConfigurationError, RetryableSinkError
+from . import redact, sink_kind
 from .base import Batch
 
 if TYPE_CHECKING:
@@ -55,19 +56,6 @@ ZSTD_LEVEL = 3
 #: input bytes compressed per step: the compressor's output is collected into part-sized pieces
 COMPRESS_STEP = 1 * MIB
 
-#: URL scheme -> sink name ("az" for every Azure spelling obstore accepts)
-SCHEMES = {
-    "file": "file",
-    "memory": "memory",
-    "s3": "s3",
-    "s3a": "s3",
-    "gs": "gs",
-    "az": "az",
-    "azure": "az",
-    "abfs": "az",
-    "abfss": "az",
-    "adl": "az",
-}
 #: prefix of the provider's environment variables, which obstore's builders read
 ENV_PREFIXES = {"s3": "AWS_", "gs": "GOOGLE_", "az": "AZURE_"}
 #: ClientConfig keys obstore would read as <PREFIX><KEY> from the environment. Passing
@@ -97,14 +85,14 @@ CLIENT_ENV_KEYS = (
 
 
 def sink_name(url: str) -> str:
-    """The sink's label ("file", "s3", "gs", "az", "memory") for a URL; ConfigurationError if none."""
-    scheme = urllib.parse.urlsplit(url).scheme.lower()
-    try:
-        return SCHEMES[scheme]
-    except KeyError:
+    """The sink's label ("file", "s3", "gs", "az", "memory") for a URL; ConfigurationError if none.
+    The schemes are those of `ringgate.sinks.KINDS`."""
+    kind = sink_kind(url)
+    if kind is None or not kind.object_store:
         raise ConfigurationError(
-            f"object store URL must be file://, s3://, gs://, az:// or memory://: {url!r}"
-        ) from None
+            f"object store URL must be file://, s3://, gs://, az:// or memory://: {redact(url)!r}"
+        )
+    return kind.label
 
 
 def open_store(url: str, *, retry_max: int = 1, timeout_s: float = 30) -> tuple[ObjectStore, str]:
@@ -128,12 +116,15 @@ def open_store(url: str, *, retry_max: int = 1, timeout_s: float = 30) -> tuple[
             os.makedirs(directory, exist_ok=True)
             return LocalStore(directory), ""
         except Exception as exc:
-            raise RetryableSinkError(f"file sink cannot use directory {directory}: {describe(exc)}") from exc
+            raise RetryableSinkError(
+                f"file sink cannot use directory {directory}: {describe(exc)}",
+                reason=f"cannot create its directory: {_cause(exc, str(exc)) or type(exc).__name__}",
+            ) from exc
     prefix = parts.path.strip("/")
     if name == "memory":
         return MemoryStore(), "/".join(p for p in (parts.netloc, prefix) if p)
     if not parts.netloc:
-        raise ConfigurationError(f"object store URL names no bucket or container: {url!r}")
+        raise ConfigurationError(f"object store URL names no bucket or container: {redact(url)!r}")
     retry: RetryConfig = {
         "max_retries": retry_max,
         "backoff": {"init_backoff": timedelta(milliseconds=50), "max_backoff": timedelta(seconds=1)},
@@ -146,7 +137,7 @@ def open_store(url: str, *, retry_max: int = 1, timeout_s: float = 30) -> tuple[
             client_options=_client_options(ENV_PREFIXES[name], timeout_s),
         )
     except Exception as exc:
-        raise ConfigurationError(f"cannot configure object store {url!r}: {describe(exc)}") from exc
+        raise ConfigurationError(f"cannot configure object store {redact(url)!r}: {describe(exc)}") from exc
     return store, prefix
 
 
@@ -232,7 +223,7 @@ class ObjectStoreSink:
                 obstore.put(store, key, first, attributes=self._attributes, use_multipart=False)
                 return
         except Exception as exc:
-            raise RetryableSinkError(self._message(key, exc)) from exc
+            raise RetryableSinkError(self._message(key, exc), reason=failure_class(exc)) from exc
         head = [first] if second is None else [first, second]
         del first, second  # the writer holds each piece only until its part is uploaded
         self._multipart(store, key, head, pieces)
@@ -269,7 +260,7 @@ class ObjectStoreSink:
                 )
             else:
                 message = self._message(key, exc)
-            raise RetryableSinkError(message) from exc
+            raise RetryableSinkError(message, reason=failure_class(exc.__context__ or exc)) from exc
 
     def _pieces(self, data: memoryview) -> Iterator[Any]:
         """The object's bytes in pieces of about one part: zero-copy slices, or compressed output."""
@@ -298,7 +289,7 @@ class ObjectStoreSink:
         yield b"".join(pending)
 
     def _message(self, key: str, exc: BaseException) -> str:
-        return f"{self.name} sink could not write {key} to {self.url}: {describe(exc)}"
+        return f"{self.name} sink could not write {key} to {redact(self.url)}: {describe(exc)}"
 
     def close(self) -> None:
         self._store = None  # obstore stores hold no handles to release
@@ -333,6 +324,11 @@ def describe(exc: BaseException) -> str:
         summary = summary[:500] + "..."
     cause = _cause(exc, text)
     return f"{cause}: {summary}" if cause else summary or type(exc).__name__
+
+
+def failure_class(exc: BaseException) -> str:
+    """What went wrong, without the endpoint, bucket, key or path: for /readyz."""
+    return _cause(exc, str(exc)) or f"request failed ({type(exc).__name__})"
 
 
 def _cause(exc: BaseException, text: str) -> str | None:

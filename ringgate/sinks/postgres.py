@@ -40,6 +40,7 @@ from psycopg import sql
 from psycopg.types.json import set_json_dumps
 
 from ringgate.errors import ConfigurationError, PermanentSinkError, RetryableSinkError, SinkError
+from ringgate.sinks import redact, scrub, url_secrets
 from ringgate.sinks.base import Batch, DeadLetterCallback, Refused
 
 logger = logging.getLogger(__name__)
@@ -394,6 +395,7 @@ class PostgresCopySink:
             raise ConfigurationError(f"PostgreSQL connect timeout must be > 0 s: {connect_timeout_s!r}")
 
         self._url = url
+        self._secrets = url_secrets(url)  # scrubbed from libpq's messages, whatever they quote
         self._instance = instance
         self._dedup_key = dedup_key
         self._partition = partition
@@ -412,7 +414,8 @@ class PostgresCopySink:
         try:
             info = psycopg.conninfo.conninfo_to_dict(url)
         except psycopg.Error as exc:
-            raise ConfigurationError(f"PostgreSQL URL does not parse: {exc}") from None
+            detail = scrub(" ".join(str(exc).split()), self._secrets)
+            raise ConfigurationError(f"PostgreSQL URL {redact(url)!r} does not parse: {detail}") from None
         # where, for messages: never the password
         self._where = (
             f"{info.get('user') or ''}@{info.get('host') or 'localhost'}:{info.get('port') or 5432}"
@@ -617,8 +620,10 @@ class PostgresCopySink:
         except psycopg.Error as exc:
             # connection refused, timeout, bad password, missing database or role...: libpq's
             # message names it (the SQLSTATE of a refused login does not reach psycopg)
-            message = " ".join(str(exc).split()).removeprefix("connection failed: ")
-            raise RetryableSinkError(f"PostgreSQL {self._where}: cannot connect: {message}") from exc
+            message = scrub(" ".join(str(exc).split()).removeprefix("connection failed: "), self._secrets)
+            raise RetryableSinkError(
+                f"PostgreSQL {self._where}: cannot connect: {message}", reason=_connect_failure(message)
+            ) from exc
         try:
             settings = dict(_SESSION_SETTINGS)
             if conn.info.server_version >= 140000:
@@ -706,7 +711,8 @@ class PostgresCopySink:
             )
         if problems:
             raise RetryableSinkError(
-                f"PostgreSQL table {self._qualified} at {self._where} cannot take ringgate's rows: {'; '.join(problems)}"
+                f"PostgreSQL table {self._qualified} at {self._where} cannot take ringgate's rows: {'; '.join(problems)}",
+                reason="the table cannot take ringgate's rows",
             )
 
     def _ensure_partitions(self, conn: psycopg.Connection, batch: Batch) -> None:
@@ -744,10 +750,11 @@ class PostgresCopySink:
     def _failure(self, exc: psycopg.Error, *, content: bool) -> SinkError:
         """Classify a failure; a retryable one also drops the connection."""
         state = exc.sqlstate or ""
-        message = " ".join(str(exc).split())
+        message = scrub(" ".join(str(exc).split()), self._secrets)
         if content and state[:2] in _CONTENT_CLASSES and not self._no_partition(exc):
             return PermanentSinkError(
-                f"PostgreSQL {self._where} refused the records: {type(exc).__name__} ({state}): {message}"
+                f"PostgreSQL {self._where} refused the records: {type(exc).__name__} ({state}): {message}",
+                reason=f"records refused: {type(exc).__name__} ({state})",
             )
         if self._no_partition(exc):
             self._months.clear()  # a partition we thought existed is gone: check again
@@ -758,7 +765,7 @@ class PostgresCopySink:
             cause = "connection lost"
         else:
             cause = type(exc).__name__
-        return RetryableSinkError(f"PostgreSQL {self._where}, table {self._qualified}: {cause}: {message}")
+        return RetryableSinkError(f"PostgreSQL {self._where}, table {self._qualified}: {cause}: {message}", reason=cause)
 
     @staticmethod
     def _no_partition(exc: psycopg.Error) -> bool:
@@ -776,3 +783,29 @@ class PostgresCopySink:
 
     def close(self) -> None:
         self._drop_connection()
+
+
+#: libpq's words for why a connection failed -> the failure class /readyz shows
+_CONNECT_FAILURES = (
+    ("Connection refused", "connection refused"),
+    ("timeout expired", "connection timed out"),
+    ("timed out", "connection timed out"),
+    ("could not translate host name", "host name does not resolve"),
+    ("Name or service not known", "host name does not resolve"),
+    ("authentication failed", "authentication failed"),
+    ("no password supplied", "authentication failed"),
+    ("no pg_hba.conf entry", "authentication failed"),
+    ("does not exist", "database or role does not exist"),
+    ("too many clients", "too many connections"),
+    ("the database system is starting up", "server starting up"),
+    ("the database system is shutting down", "server shutting down"),
+    ("No such file or directory", "no server at the socket path"),
+    ("SSL", "TLS negotiation failed"),
+)
+
+
+def _connect_failure(message: str) -> str:
+    for words, failure in _CONNECT_FAILURES:
+        if words in message:
+            return failure
+    return "cannot connect"
