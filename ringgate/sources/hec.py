@@ -193,21 +193,23 @@ _EMPTY = msgspec.Raw(b'""')
 def decode_events(body: bytes, limits: Limits) -> Records:
     """Event objects one after another, each kept as sent (compacted by finish)."""
     check_utf8(body, lines=False)
-    raws, wrapped = _split_fast(body, limits) or _split_exact(body, limits)
+    fast = _INSERTED not in body
+    if not limits.short_enough(body) and not limits.within_count(body.count(b"}")):
+        # Every object ends in "}": past the limit in "}"s, count the events exactly, and split them
+        # exactly (re.subn would build an object per "}" that whitespace and a "{" follow).
+        limits.check_count(count_events(body))
+        fast = False
+    raws, wrapped = (fast and _split_fast(body)) or _split_exact(body)
     _check_events(wrapped)
     return finish(raws, limits, _locate)
 
 
-def _split_fast(body: bytes, limits: Limits) -> tuple[list, bytes] | None:
+def _split_fast(body: bytes) -> tuple[list, bytes] | None:
     """One msgspec call over the body as a JSON array: "\\n," inserted after every "}" that
     whitespace and a "{" follow. An insertion inside a string makes it invalid (a raw newline),
     one inside a nested value shows in that event: either, or a count that is not one more than
     the insertions (a comma of the client's own), sends the body to `_split_exact`. None then."""
-    if _INSERTED in body:
-        return None
     joined, inserted = _EVENT_BOUNDARY.subn(b"}" + _INSERTED, body)
-    if not limits.short_enough(body) and not limits.within_count(inserted + 1):
-        limits.check_count(count_events(body))  # insertions inside strings inflate the bound
     wrapped = b"[" + joined + b"]"
     try:
         raws = _RAWS.decode(wrapped)
@@ -227,10 +229,10 @@ def count_events(body: bytes) -> int:
     return sum(int(_top_level_ends(data, depth, inside).size) for _, data, depth, inside in scan(body))
 
 
-def _split_exact(body: bytes, limits: Limits) -> tuple[list, bytes]:
+def _split_exact(body: bytes) -> tuple[list, bytes]:
     """The body cut at the closing brace of each top-level object (records.scan: string-aware),
-    each piece decoded alone, so that an error names its event and byte."""
-    limits.check_count(count_events(body) + 1)
+    each piece decoded alone, so that an error names its event and byte. The caller has bounded
+    the count of those braces."""
     ends = [offset + int(i) for offset, data, depth, inside in scan(body) for i in _top_level_ends(data, depth, inside)]
     raws: list[msgspec.Raw] = []
     start = 0
