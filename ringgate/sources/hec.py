@@ -36,7 +36,7 @@ import numpy as np
 
 from ..codecs import Limits, Records, compression
 from ..codecs.json import problem
-from ..codecs.records import check_utf8, finish, nonblank_lines, scan
+from ..codecs.records import MAX_DEPTH, check_utf8, finish, first_deeper, nonblank_lines, scan
 from ..errors import Refusal
 from ..gateway import Gateway, Stored
 from ..http.answers import retry_after
@@ -174,9 +174,6 @@ def decode_acks(body: bytes, limits: Limits) -> list[int]:
 
 # ------------------------------------------------------------------------------------- events
 
-_EVENT_BOUNDARY = re.compile(rb"\}(?=[ \t\r\n]*\{)")  # linear: each whitespace run follows one "}"
-_INSERTED = b"\n,"
-_RAWS = msgspec.json.Decoder(list[msgspec.Raw])
 _RAW = msgspec.json.Decoder(msgspec.Raw)
 _WHERE = re.compile(r"at `\$\[(\d+)\]")
 
@@ -185,90 +182,52 @@ class _Event(msgspec.Struct):
     event: msgspec.Raw
 
 
-_EVENTS = msgspec.json.Decoder(list[_Event])
+_EVENTS = msgspec.json.Decoder(_Event)
 _NULL = msgspec.Raw(b"null")
 _EMPTY = msgspec.Raw(b'""')
 
 
 def decode_events(body: bytes, limits: Limits) -> Records:
-    """Event objects one after another, each kept as sent (compacted by finish)."""
+    """Event objects one after another, each kept as sent (compacted by finish).
+
+    msgspec's `decode_lines` reads JSON values one after another, whatever whitespace (or none)
+    lies between them: HEC's framing. It runs twice, in C: first into `_Event` (an object with an
+    `event`), which stops at the first value that is not one, then into `Raw`, the events as sent.
+    Each object ends in "}": their count bounds what either builds; past the limit in "}"s
+    (strings may hold them) the top-level objects are counted exactly first."""
     check_utf8(body, lines=False)
-    fast = _INSERTED not in body
     if not limits.short_enough(body) and not limits.within_count(body.count(b"}")):
-        # Every object ends in "}": past the limit in "}"s, count the events exactly, and split them
-        # exactly (re.subn would build an object per "}" that whitespace and a "{" follow).
         limits.check_count(count_events(body))
-        fast = False
-    raws, wrapped = (fast and _split_fast(body)) or _split_exact(body)
-    _check_events(wrapped)
-    return finish(raws, limits, _locate)
-
-
-def _split_fast(body: bytes) -> tuple[list, bytes] | None:
-    """One msgspec call over the body as a JSON array: "\\n," inserted after every "}" that
-    whitespace and a "{" follow. An insertion inside a string makes it invalid (a raw newline),
-    one inside a nested value shows in that event: either, or a count that is not one more than
-    the insertions (a comma of the client's own), sends the body to `_split_exact`. None then."""
-    joined, inserted = _EVENT_BOUNDARY.subn(b"}" + _INSERTED, body)
-    wrapped = b"[" + joined + b"]"
     try:
-        raws = _RAWS.decode(wrapped)
-    except (msgspec.DecodeError, RecursionError):
-        return None
-    if len(raws) != inserted + 1 or _INSERTED in b"".join(raws):
-        return None
-    return raws, wrapped
-
-
-def _top_level_ends(chunk_data: np.ndarray, depth_after: np.ndarray, inside: np.ndarray) -> np.ndarray:
-    return np.flatnonzero((chunk_data == 0x7D) & (depth_after == 0) & ~inside)
-
-
-def count_events(body: bytes) -> int:
-    """Top-level objects (their closing braces outside strings), counted without building any."""
-    return sum(int(_top_level_ends(data, depth, inside).size) for _, data, depth, inside in scan(body))
-
-
-def _split_exact(body: bytes) -> tuple[list, bytes]:
-    """The body cut at the closing brace of each top-level object (records.scan: string-aware),
-    each piece decoded alone, so that an error names its event and byte. The caller has bounded
-    the count of those braces."""
-    ends = [offset + int(i) for offset, data, depth, inside in scan(body) for i in _top_level_ends(data, depth, inside)]
-    raws: list[msgspec.Raw] = []
-    start = 0
-    for end in [*ends, len(body) - 1]:  # the last piece: whatever follows the last object
-        piece = body[start : end + 1]
-        start = end + 1
-        if not piece.strip():
-            continue
-        try:
-            raws.append(_RAW.decode(piece))
-        except msgspec.DecodeError as exc:
-            position, what = problem(exc, len(piece), base=start - len(piece))
-            at = f" at byte {position}" if position >= 0 else ""
-            raise EventRefusal("invalid_json", f"invalid JSON in event {len(raws)}{at}: {what}", len(raws)) from None
-        except RecursionError:
-            raise EventRefusal("too_deep", f"event {len(raws)} nests too deeply to decode", len(raws)) from None
-    if not raws:
-        raise Refusal(400, "empty_body", "no events")
-    return raws, b"[" + b",".join(raws) + b"]"
-
-
-def _check_events(wrapped: bytes) -> None:
-    """Every event is an object with a non-blank `event` (HEC's codes 12 and 13)."""
-    try:
-        events = _EVENTS.decode(wrapped)
+        events = _EVENTS.decode_lines(body)
     except msgspec.ValidationError as exc:
         found = _WHERE.search(str(exc))
         index = int(found.group(1)) if found else 0
         if "missing required field" in str(exc):
             raise EventRefusal("event_required", f'event {index} has no "event" field', index) from None
         raise EventRefusal("not_an_object", f"event {index} is not a JSON object: {exc}", index) from None
+    except msgspec.DecodeError as exc:
+        position, what = problem(exc, len(body))
+        index = count_events(body[: max(position, 0)])
+        raise EventRefusal("invalid_json", f"invalid JSON in event {index} at byte {position}: {what}", index) from None
+    except RecursionError:
+        position = first_deeper(body, MAX_DEPTH)
+        index = count_events(body[: max(position, 0)])
+        raise EventRefusal("too_deep", f"event {index} nests deeper than {MAX_DEPTH} levels (at byte {position})",
+                           index) from None
     for index, event in enumerate(events):
         if event.event == _NULL:
             raise EventRefusal("event_required", f'event {index} has "event": null', index)
         if event.event == _EMPTY:
             raise EventRefusal("event_blank", f'event {index} has an empty "event"', index)
+    return finish(_RAW.decode_lines(body), limits, _locate)
+
+
+def count_events(body: bytes) -> int:
+    """Top-level objects (their closing braces outside strings), counted without building any."""
+    return sum(
+        int(np.count_nonzero((data == 0x7D) & (depth == 0) & ~inside)) for _, data, depth, inside in scan(body)
+    )
 
 
 def _locate(index: int) -> str:

@@ -63,22 +63,29 @@ def test_concatenated_events_come_back_exactly(events):
 
 
 @pytest.mark.parametrize(("body", "code", "index"), [
-    (b'{"event":1},{"event":2}', "invalid_json", 1),  # a comma of the client's: the count guard
-    (b'{"a":1},{"event":[{}{}]}', "invalid_json", 1),  # that comma hiding an insertion: the join guard
+    (b'{"event":1},{"event":2}', "invalid_json", 1),  # a comma of the client's
+    (b'{"event":1}\n,{"event":[{}{}]}', "invalid_json", 1),
+    (b'{"event":1}{"event":2', "invalid_json", 1),
+    (b'{"event":1}{"event":' + b"[" * 3000 + b"]" * 3000 + b"}", "too_deep", 1),
+    (b'{"event":1}{"event":' + b"[" * 64 + b"]" * 64 + b"}", "too_deep", 1),
     (b'{"event":[{}{}]}', "invalid_json", 0),
     (b'{"event":"x"}{"event":1} 5', "not_an_object", 2),
     (b'{"event":"x"} {"event":"y"}{"host":"h"}', "event_required", 2),
     (b'{"event":""}', "event_blank", 0),
 ])
-def test_the_fast_path_never_accepts_what_is_not_events(body, code, index):
+def test_what_is_not_events_is_refused_naming_the_event(body, code, index):
     with pytest.raises(Refusal) as caught:
         hec.decode_events(body, LIMITS)
-    assert caught.value.code == code and caught.value.index == index, caught.value.detail
+    assert caught.value.code == code, caught.value.detail
+    assert getattr(caught.value, "index", None) == index or f"event {index}" in caught.value.detail
 
 
 def test_boundaries_inside_strings_are_kept():
     body = b'{"event":"a}{b"}{"event":"c} {d","fields":{"k":"}\\n{"}}\n{"event":"\\"}{\\""}'
     assert [r["event"] for r in records_of(hec.decode_events(body, LIMITS))] == ["a}{b", "c} {d", '"}{"']
+    leading_commas = b'{"event": 1\n, "host": "h"}\n{"event": 2\n, "fields": {"a": {}\n, "b": {}}}'
+    assert records_of(hec.decode_events(leading_commas, LIMITS)) == [
+        {"event": 1, "host": "h"}, {"event": 2, "fields": {"a": {}, "b": {}}}]
 
 
 def test_too_many_events_are_counted_before_any_is_built():
