@@ -8,7 +8,8 @@ the ASGI callable called directly, no HTTP). The same 100 HEC envelopes (time, h
 sourcetype, index, event object, fields; ~250 B each) go as `{"records": [...]}` to /v1/ingest
 and as HEC sends them to /services/collector/event: one per line (Vector, the OTel exporter)
 and back to back (splunk-handler, Fluent Bit); /services/collector/raw gets their messages as lines,
-and a request with a channel gets an ackId. The table gives records/s and the ratio to /v1/ingest.
+and a request with a channel gets an ackId. The table gives records/s (median round, and best round: steadier on a shared machine)
+and the ratio to /v1/ingest.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ CASES = {  # name -> (path, headers, body)
                                            "\n".join(e["event"]["message"] for e in EVENTS).encode()),
 }
 BASELINE = "/v1/ingest {records: [...]}"
-_results: dict[str, float] = {}  # name -> records/s
+_results: dict[str, tuple[float, float]] = {}  # name -> records/s (median round, best round)
 
 
 def _runner(app, path: str, headers: list, body: bytes, statuses: list):
@@ -92,8 +93,9 @@ def test_records_per_second(benchmark, ringgate_app, case):  # noqa: F811
         loop.close()
     assert set(statuses) == {202 if path == "/v1/ingest" else 200}, set(statuses)
     if benchmark.stats is not None:
-        _results[case] = REQUESTS * N / benchmark.stats.stats.median
-        benchmark.extra_info["records_per_s"] = round(_results[case])
+        stats = benchmark.stats.stats
+        _results[case] = (REQUESTS * N / stats.median, REQUESTS * N / stats.min)
+        benchmark.extra_info["records_per_s"] = round(_results[case][0])
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -102,10 +104,12 @@ def _summary(request):
     if not _results:
         return
     base = _results.get(BASELINE)
-    lines = ["", "HEC beside /v1/ingest, in-process app, 100 records per request (median)",
-             f"{'case':50} {'records/s':>11} {'vs /v1/ingest':>14}"]
-    for name, rate in _results.items():
-        ratio = f"{rate / base:.2f}x" if base else ""
-        lines.append(f"{name:50} {rate:11.0f} {ratio:>14}")
-    lines.append(json.dumps({"records_per_s": {k: round(v) for k, v in _results.items()}}))
+    # the best round too: on a shared machine it is the steadier ratio
+    lines = ["", "HEC beside /v1/ingest, in-process app, 100 records per request",
+             f"{'case':50} {'records/s':>11} {'vs /v1/ingest':>14} {'best round':>11} {'vs':>6}"]
+    for name, (median, best) in _results.items():
+        ratio = f"{median / base[0]:.2f}x" if base else ""
+        best_ratio = f"{best / base[1]:.2f}x" if base else ""
+        lines.append(f"{name:50} {median:11.0f} {ratio:>14} {best:11.0f} {best_ratio:>6}")
+    lines.append(json.dumps({"records_per_s": {k: round(v[0]) for k, v in _results.items()}}))
     write_report(request.config, lines)
