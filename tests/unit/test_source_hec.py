@@ -88,22 +88,24 @@ def test_boundaries_inside_strings_are_kept():
         {"event": 1, "host": "h"}, {"event": 2, "fields": {"a": {}, "b": {}}}]
 
 
-def test_too_many_events_are_counted_before_any_is_built():
-    body = b'{"event":1}' * 1_500_000  # 16 MiB of tiny events, 1500x the limit
+def _refused_within(decode, body: bytes, limits: Limits, code: str, factor: int = 4) -> None:
     tracemalloc.start()
     try:
         with pytest.raises(Refusal) as caught:
-            hec.decode_events(body, Limits(32 << 20, 1 << 16, 1000))
+            decode(body, limits)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    assert caught.value.code == "too_many_records"
-    assert peak < 4 * len(body), f"{peak} bytes traced for a {len(body)}-byte body"
+    assert caught.value.code == code, caught.value.detail
+    assert peak < factor * len(body), f"{peak} bytes traced for a {len(body)}-byte body"
+
+
+def test_too_many_events_are_counted_before_any_is_built():
+    limits = Limits(32 << 20, 1 << 16, 1000)
+    _refused_within(hec.decode_events, b'{"event":1}' * 1_500_000, limits, "too_many_records")  # 16 MiB, 1500x
+    _refused_within(hec.decode_raw, b"x\n" * 8_000_000, limits, "too_many_records")
     many_in_strings = b'{"event":"' + b"}{" * 5000 + b'"}'  # 5000 candidate boundaries, one event
     assert hec.decode_events(many_in_strings, LIMITS).count == 1
-    with pytest.raises(Refusal) as lines:
-        hec.decode_raw(b"x\n" * 1001, LIMITS)
-    assert lines.value.code == "too_many_records"
 
 
 def test_raw_lines_take_the_query_fields():
