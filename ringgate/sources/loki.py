@@ -48,6 +48,7 @@ NAME = "loki"
 PROTOBUF = "application/x-protobuf"
 _TEXT = b"text/plain; charset=utf-8"
 _INT64_MAX = (1 << 63) - 1
+_INT64_MAX_DIGITS = b"%d" % _INT64_MAX
 _encode = msgspec.json.encode
 
 
@@ -97,9 +98,13 @@ def _locate_entry(index: int) -> str:
 
 
 class _JsonEntry(msgspec.Struct, array_like=True):
-    ts: str
-    line: str
-    metadata: dict[str, str] = {}
+    """`["<ns>", "<line>"]` or `["<ns>", "<line>", {metadata}]`; the two strings kept as the
+    client's JSON tokens (checked below), so that a line is copied into its record, not decoded
+    and encoded again."""
+
+    ts: msgspec.Raw
+    line: msgspec.Raw
+    metadata: dict[str, str] | None = None
 
 
 class _JsonStream(msgspec.Struct):  # other keys (handlers add their own) are ignored
@@ -135,18 +140,33 @@ def decode_json(body: bytes, limits: Limits) -> Records:
         limits.check_count(max(streams, entries))
     push = _decode_json(_JSON, body, '{"streams": [{"stream": {labels}, "values": [["<unix ns>", "<line>"], ...]}]}')
     raws: list[bytes] = []
+    append = raws.append
     for s, stream in enumerate(push.streams):
         prefix = _prefix(stream.stream)
         for e, entry in enumerate(stream.values):
-            ts = entry.ts
-            if not (ts.isascii() and ts.isdigit() and len(ts) <= 19 and int(ts) <= _INT64_MAX):
-                raise Refusal(
-                    400, "invalid_timestamp",
-                    f"streams[{s}].values[{e}]: the timestamp must be a string of Unix epoch nanoseconds, "
-                    f"not {shown(ts)}",
-                )
-            raws.append(_record(prefix, int(ts), entry.line, entry.metadata))
+            ts = bytes(entry.ts)
+            digits = ts[1:-1]
+            n = len(digits)
+            if not (ts[0] == 0x22 and digits.isdigit() and (n < 19 or (n == 19 and digits <= _INT64_MAX_DIGITS))):
+                raise _bad_json_timestamp(ts, s, e)
+            if digits[0] == 0x30 and n > 1:  # leading zeros: no JSON number
+                digits = b"%d" % int(digits)
+            line = entry.line
+            if memoryview(line)[0] != 0x22:
+                raise Refusal(400, "invalid_json", f"streams[{s}].values[{e}][1]: the line must be a string")
+            if entry.metadata:
+                append(b'%b%b,"line":%b,"metadata":%b}' % (prefix, digits, line, _encode(entry.metadata)))
+            else:
+                append(b'%b%b,"line":%b}' % (prefix, digits, line))
     return _finish(raws, limits)
+
+
+def _bad_json_timestamp(ts: bytes, s: int, e: int) -> Refusal:
+    return Refusal(
+        400, "invalid_timestamp",
+        f"streams[{s}].values[{e}]: the timestamp must be a string of Unix epoch nanoseconds, not "
+        f"{shown(ts.decode())}",
+    )
 
 
 class _LegacyEntry(msgspec.Struct):
@@ -232,19 +252,24 @@ def decode_protobuf(body: bytes, limits: Limits) -> Records:
     except (DecodeError, RecursionError) as exc:
         raise Refusal(400, "invalid_protobuf", f"the body is not a snappy-compressed Loki PushRequest: {exc}") from None
     raws: list[bytes] = []
+    append = raws.append
     for s, stream in enumerate(request.streams):
         prefix = _labels_prefix(stream.labels, s)
         for entry in stream.entries:
             stamp = entry.timestamp
-            ts = stamp.seconds * 1_000_000_000 + stamp.nanos
-            if not 0 <= ts <= _INT64_MAX or not 0 <= stamp.nanos < 1_000_000_000:
+            nanos = stamp.nanos
+            ts = stamp.seconds * 1_000_000_000 + nanos
+            if not (0 <= ts <= _INT64_MAX and 0 <= nanos < 1_000_000_000):
                 raise Refusal(
                     400, "invalid_timestamp",
-                    f"streams[{s}]: timestamp {stamp.seconds}s {stamp.nanos}ns is not a time from 1970 to 2262",
+                    f"streams[{s}]: timestamp {stamp.seconds}s {nanos}ns is not a time from 1970 to 2262",
                 )
             pairs = entry.structuredMetadata
-            metadata = {p.name: p.value for p in pairs} if pairs else None
-            raws.append(_record(prefix, ts, entry.line, metadata))
+            if pairs:
+                metadata = _encode({p.name: p.value for p in pairs})
+                append(b'%b%d,"line":%b,"metadata":%b}' % (prefix, ts, _encode(entry.line), metadata))
+            else:
+                append(b'%b%d,"line":%b}' % (prefix, ts, _encode(entry.line)))
     return _finish(raws, limits)
 
 

@@ -174,7 +174,7 @@ def test_json_push_with_structured_metadata_gzip_and_extra_keys(make_gateway):
 @pytest.mark.parametrize(
     "body,content_type,status,says",
     [
-        (b'{"streams":[{"stream":{"a":"b"},"values":[[1000,"x"]]}]}', "application/json", 400, "$.streams[0].values[0][0]"),
+        (b'{"streams":[{"stream":{"a":"b"},"values":[[1000,"x"]]}]}', "application/json", 400, "streams[0].values[0]: the timestamp"),
         (b'{"streams":[{"stream":{"a":"b"},"values":[["12x","x"]]}]}', "application/json", 400, "streams[0].values[0]"),
         (b'{"streams":[]}', "application/json", 400, "no entries"),
         (b"not snappy at all", "application/x-protobuf", 400, "snappy"),

@@ -107,12 +107,26 @@ def test_legacy_json_refuses_what_is_not_rfc3339(ts):
     assert caught.value.code == "invalid_timestamp" and "streams[0].entries[0].ts" in caught.value.detail
 
 
-@pytest.mark.parametrize("ts", ["", "-5", "+5", " 5", "1_000", "١٢", "9223372036854775808", "1e9"])
+@pytest.mark.parametrize("ts", ["", "-5", "+5", " 5", "1_000", "١٢", "9223372036854775808", "1e9", 5, None, ["1"]])
 def test_json_timestamps_are_unix_nanoseconds_strings(ts):
-    body = json.dumps({"streams": [{"stream": {}, "values": [["1", "ok"], [ts, "x"]]}]}).encode()
+    body = json.dumps({"streams": [{"stream": {}, "values": [["1", "ok"], [ts, "x"]]}]}, ensure_ascii=False).encode()
     with pytest.raises(Refusal) as caught:
         loki.decode_json(body, LIMITS)
     assert caught.value.code == "invalid_timestamp" and "streams[0].values[1]" in caught.value.detail
+
+
+def test_json_timestamps_and_lines_are_copied_as_json():
+    body = json.dumps({"streams": [{"stream": {"a": "b"}, "values": [
+        ["0", "zero"], ["0007", "leading zeros"], ["9223372036854775807", "caf\u00e9 \"q\""]]}]}).encode()
+    assert b"\\u00e9" in body
+    got = records(loki.decode_json(body, LIMITS))
+    assert [(r["timestamp_ns"], r["line"]) for r in got] == [(0, "zero"), (7, "leading zeros"),
+                                                            ((1 << 63) - 1, 'café "q"')]
+    for line in ([1], {"a": 1}, 5, None):
+        bad = json.dumps({"streams": [{"stream": {}, "values": [["1", line]]}]}).encode()
+        with pytest.raises(Refusal) as caught:
+            loki.decode_json(bad, LIMITS)
+        assert caught.value.code == "invalid_json" and "values[0][1]" in caught.value.detail
 
 
 def test_protobuf_timestamps_outside_int64_nanoseconds_are_400():
