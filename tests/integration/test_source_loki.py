@@ -47,12 +47,13 @@ def push_request(streams: dict[str, list[tuple[int, str, dict[str, str]]]]) -> b
 
 def test_loki_logger_handler_lines_are_stored_once_with_labels_and_metadata(make_gateway):
     """loki-logger-handler (maintained, gzip by default) adds keys of its own to each stream
-    object (`message_in_json_format`, `loki_metadata`): they are ignored."""
-    gw = make_gateway()
+    object (`message_in_json_format`, `loki_metadata`): they are ignored. Auth as the shipper
+    guide shows it: a Bearer header among the handler's own headers."""
+    gw = make_gateway(API_KEYS=f"shop={KEY}")
     handler = LokiLoggerHandler(
         url=f"http://127.0.0.1:{gw.port}{PUSH}", labels={"application": "shop", "env": "test"},
         label_keys={"tenant"}, timeout=0.2, enable_structured_loki_metadata=True,
-        additional_headers={"X-Scope-OrgID": "tenant-1"},
+        additional_headers={"Authorization": f"Bearer {KEY}", "X-Scope-OrgID": "tenant-1"},
     )
     logger = _logger("loki-handler-test", handler)
     try:
