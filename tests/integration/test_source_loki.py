@@ -136,12 +136,16 @@ def test_protobuf_snappy_push_is_stored_in_the_section_8_shape(make_gateway):
     resp = gw.post(body, content_type="application/x-protobuf", path=PUSH)
     assert resp.status == 204, resp.body
     assert resp.body == b""
-    # Content-Type absent: Loki reads snappy protobuf too
+    # Content-Type absent: Loki reads snappy protobuf too; the legacy path takes the same protobuf
     resp = gw.post(push_request({'{job="bare"}': [(5, "no type", {})]}), content_type="", path=PUSH)
     assert resp.status == 204, resp.body
-    wait_for(lambda: len(stored(gw)) >= 8, what="8 entries")
+    resp = gw.post(push_request({'{job="legacy"}': [(4, "old path", {})]}), content_type="application/x-protobuf",
+                   path="/api/prom/push")
+    assert resp.status == 204, resp.body
+    wait_for(lambda: len(stored(gw)) >= 9, what="9 entries")
     records = sorted(stored(gw), key=lambda r: r["timestamp_ns"])
-    assert len(records) == 8
+    assert len(records) == 9
+    assert records.pop(0) == {"stream": {"job": "legacy"}, "timestamp_ns": 4, "line": "old path"}
     assert records[0] == {"stream": {"job": "bare"}, "timestamp_ns": 5, "line": "no type"}
     assert records[1:6] == [
         {"stream": {"job": "varlogs", "filename": "/var/log/a.log"}, "timestamp_ns": 1_700_000_000_000_000_001 + i,
