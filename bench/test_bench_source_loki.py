@@ -3,7 +3,7 @@
     python -m pytest bench/test_bench_source_loki.py -p no:randomly -p no:cacheprovider \
         --benchmark-only -o addopts="" -o testpaths=bench
 
-As bench/test_bench_app.py: one call of the app per request with the whole body at once, a real
+As bench/test_bench_app.py (its `ringgate_app` fixture): one call of the app per request with the whole body at once, a real
 native ring (16 MiB, drained between rounds, untimed), shared-memory metrics; no HTTP. The same
 100 log lines (~100 B each, 4 streams of 25, as Promtail batches them per stream) go as
 - `POST /loki/api/v1/push`, application/json (`{"streams": [...]}`);
@@ -16,12 +16,9 @@ The table at the end gives records/s and the ratio to /v1/ingest.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gzip
 import json
-import os
 import sys
-import time
 from pathlib import Path
 
 import cramjam
@@ -31,6 +28,7 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
 from _report import write_report  # noqa: E402
+from test_bench_app import ringgate_app  # noqa: E402, F401 - the same app, ring and metrics as there
 
 from ringgate.sources._loki_push_pb2 import PushRequest  # noqa: E402
 
@@ -82,46 +80,6 @@ def _bodies() -> dict[str, tuple[str, list[tuple[bytes, bytes]], bytes]]:
 BODIES = _bodies()
 
 
-@pytest.fixture(scope="module")
-def ringgate_app():
-    """ringgate's app with a ring and metrics of its own, as a worker of `ringgate serve` builds it."""
-    instance = f"rgbench-loki-{os.getpid()}-{time.monotonic_ns() % 10**6}"
-    old = os.environ.get("RINGGATE_INSTANCE")
-    os.environ["RINGGATE_INSTANCE"] = instance
-    from ringgate.metrics import Metrics
-    from ringgate.ring import ReadBuffers, Ring, segment_name
-
-    ring = Ring.create(segment_name(instance, 0), 16 << 20)
-    ring.flusher_pid = os.getpid()  # a live "flusher": the app serves the ring
-    Metrics.create(instance)
-    try:
-        from ringgate.config import Settings
-        from ringgate.http.app import create_app
-
-        app = create_app(Settings.from_environ())
-        app.gateway.start()
-        buffers = ReadBuffers(10_000, 8 << 20, ring.capacity)
-
-        def drain():
-            while True:
-                result = ring.read(ring.consumer_position, 10_000, 8 << 20, buffers)
-                if result.next_position == ring.consumer_position:
-                    return
-                ring.release(result.next_position)
-
-        yield app, drain
-    finally:
-        with contextlib.suppress(Exception):
-            app.gateway.rings[0].close()
-        ring.close()
-        ring.unlink()
-        Metrics.unlink(instance)
-        if old is None:
-            os.environ.pop("RINGGATE_INSTANCE", None)
-        else:
-            os.environ["RINGGATE_INSTANCE"] = old
-
-
 def _runner(app, path: str, headers: list[tuple[bytes, bytes]], body: bytes, statuses: list):
     scope = {
         "type": "http", "method": "POST", "path": path, "query_string": b"", "http_version": "1.1",
@@ -144,9 +102,9 @@ def _runner(app, path: str, headers: list[tuple[bytes, bytes]], body: bytes, sta
 
 
 @pytest.mark.parametrize("case", list(BODIES))
-def test_records_per_second(benchmark, ringgate_app, case):
+def test_records_per_second(benchmark, request, case):
     benchmark.group = f"records/s into a ring, {LINES} log lines per request"
-    app, drain = ringgate_app
+    app, drain = request.getfixturevalue("ringgate_app")
     path, headers, body = BODIES[case]
     statuses: list = []
     loop = asyncio.new_event_loop()
