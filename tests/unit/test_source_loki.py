@@ -243,9 +243,9 @@ def test_any_push_request_round_trips_through_both_formats(streams):
     assert records(loki.decode_json(body, LIMITS)) == expected
 
 
-def _records_or_refusal(decode, body: bytes) -> None:
+def _records_or_refusal(decode, body: bytes, max_records: int = 1000) -> None:
     try:
-        result = decode(body, Limits(1 << 16, 1 << 12, 1000))
+        result = decode(body, Limits(1 << 16, 1 << 12, max_records))
     except Refusal as refusal:
         assert 400 <= refusal.status < 500 and refusal.detail
         return
@@ -257,10 +257,27 @@ def _records_or_refusal(decode, body: bytes) -> None:
 @settings(max_examples=400, deadline=None)
 @given(st.binary(max_size=400))
 def test_any_bytes_as_json_protobuf_or_snappy_protobuf(body):
-    _records_or_refusal(loki.decode_json, body)
-    _records_or_refusal(loki.decode_legacy_json, body)
-    _records_or_refusal(loki.decode_protobuf, body)
-    _records_or_refusal(loki.decode_protobuf, bytes(cramjam.snappy.compress_raw(body)))
+    snappy = bytes(cramjam.snappy.compress_raw(body))
+    for max_records in (1000, 2):  # 2: past the free bounds, the exact scan and the wire walk run too
+        _records_or_refusal(loki.decode_json, body, max_records)
+        _records_or_refusal(loki.decode_legacy_json, body, max_records)
+        _records_or_refusal(loki.decode_protobuf, body, max_records)
+        _records_or_refusal(loki.decode_protobuf, snappy, max_records)
+
+
+_wire = st.lists(st.one_of(
+    st.sampled_from([b"\x0a", b"\x12", b"\x1a", b"\x08", b"\x0b", b"\x0c", b"\x0d", b"\x09", b"\x80", b"\xff"]),
+    st.binary(max_size=3),
+), max_size=40).map(b"".join)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_wire)
+def test_protobuf_like_bytes_through_the_wire_walk(data):
+    """Tags, lengths and wire types the walk must skip or refuse, snappy-compressed as clients do."""
+    snappy = bytes(cramjam.snappy.compress_raw(data))
+    for max_records in (1000, 2, 0):
+        _records_or_refusal(loki.decode_protobuf, snappy, max_records)
 
 
 _json_ish = st.recursive(
@@ -275,8 +292,9 @@ _json_ish = st.recursive(
 @given(_json_ish)
 def test_any_json_value_as_a_push_body(value):
     body = json.dumps(value).encode()
-    _records_or_refusal(loki.decode_json, body)
-    _records_or_refusal(loki.decode_legacy_json, body)
+    for max_records in (1000, 1):
+        _records_or_refusal(loki.decode_json, body, max_records)
+        _records_or_refusal(loki.decode_legacy_json, body, max_records)
 
 
 @settings(max_examples=300, deadline=None)
