@@ -142,9 +142,17 @@ def test_protobuf_snappy_push_is_stored_in_the_section_8_shape(make_gateway):
     resp = gw.post(push_request({'{job="legacy"}': [(4, "old path", {})]}), content_type="application/x-protobuf",
                    path="/api/prom/push")
     assert resp.status == 204, resp.body
-    wait_for(lambda: len(stored(gw)) >= 9, what="9 entries")
+    # Alloy's loki.write names the snappy it always uses: Content-Encoding: snappy
+    resp = gw.post(push_request({'{job="alloy"}': [(3, "named snappy", {})]}), content_type="application/x-protobuf",
+                   path=PUSH, headers={"Content-Encoding": "snappy"})
+    assert resp.status == 204, resp.body
+    # ... which is no coding of a JSON body: that is refused as the snappy bytes it then is
+    resp = gw.post(bytes(cramjam.snappy.compress_raw(b'{"streams":[]}')), path=PUSH, headers={"Content-Encoding": "snappy"})
+    assert resp.status == 400 and b"JSON" in resp.body, resp.body
+    wait_for(lambda: len(stored(gw)) >= 10, what="10 entries")
     records = sorted(stored(gw), key=lambda r: r["timestamp_ns"])
-    assert len(records) == 9
+    assert len(records) == 10
+    assert records.pop(0) == {"stream": {"job": "alloy"}, "timestamp_ns": 3, "line": "named snappy"}
     assert records.pop(0) == {"stream": {"job": "legacy"}, "timestamp_ns": 4, "line": "old path"}
     assert records[0] == {"stream": {"job": "bare"}, "timestamp_ns": 5, "line": "no type"}
     assert records[1:6] == [
