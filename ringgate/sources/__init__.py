@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 
 SOURCES = ("native", "seeds", "hec")
+SOURCES = ("native", "seeds", "loki")
 
 
 def routes(gateway) -> list:
