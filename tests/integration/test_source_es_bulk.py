@@ -87,10 +87,10 @@ def test_bulk_answer_items_are_what_the_client_reads(make_gateway):
     assert second["create"]["_index"] == "b" and second["create"]["status"] == 201
     generated = second["create"]["_id"]  # from the batch id and the item's place: unique per request
     assert generated.endswith("-1") and generated != "x1"
-    again = es.bulk(operations=[{"create": {"_index": "b"}}, {"v": 3}])["items"][0]["create"]["_id"]
-    assert again != generated
-    assert sorted(wait_stored(gw, 3), key=lambda r: r["v"]) == [
-        {"_index": "a", "_id": "x1", "v": 1}, {"_index": "b", "v": 2}, {"_index": "b", "v": 3}]
+    again = es.bulk(operations=[{"create": {"_index": "b"}}, {"v": 3}, {"create": {"_index": "b"}}, {"v": 4}])
+    assert again["items"][1]["create"]["_id"] != generated  # the same place in another request
+    assert sorted(wait_stored(gw, 4), key=lambda r: r["v"]) == [
+        {"_index": "a", "_id": "x1", "v": 1}, {"_index": "b", "v": 2}, {"_index": "b", "v": 3}, {"_index": "b", "v": 4}]
 
 
 def test_gzip_bodies_from_the_client(make_gateway):

@@ -53,8 +53,8 @@ def test_the_document_gets_the_actions_index_and_id_unless_it_has_its_own():
 
 
 def test_an_escaped_field_name_counts_as_the_field():
-    _, docs = decode(b'{"index":{"_index":"a"}}\n{"\\u005findex":"own"}\n')
-    assert docs == [{"_index": "own"}]
+    records = Bulk(None).decode(b'{"index":{"_index":"a"}}\n{"\\u005findex":"own"}\n', LIMITS)
+    assert records.blob == b'{"\\u005findex":"own"}'  # no second "_index" beside it
 
 
 def test_without_any_index_the_document_is_stored_as_sent_but_compacted():
