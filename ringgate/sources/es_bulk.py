@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
+from typing import NamedTuple
 
 import msgspec
 
@@ -72,8 +73,7 @@ _decode_meta = msgspec.json.Decoder(_DocumentMeta).decode
 # ------------------------------------------------------------------------------------- the body
 
 
-@dataclasses.dataclass(slots=True)
-class Item:
+class Item(NamedTuple):
     op: str
     index: str | None
     id: str | None
@@ -102,13 +102,16 @@ def _line_number(body: bytes, nonblank_index: int) -> int:
 
 
 class Bulk:
-    """One bulk request: its URL's index, and once decoded, one Item per action."""
+    """One bulk request: its URL's index, and once decoded, what each action came to: `uniform`
+    (action, index, count) when every item is the same index/create action line without an
+    `_id` (what Beats, Fluent Bit and Vector send), else one Item per action in `items`."""
 
-    __slots__ = ("default_index", "items", "nothing", "_lines")
+    __slots__ = ("default_index", "items", "uniform", "nothing", "_lines")
 
     def __init__(self, default_index: str | None) -> None:
         self.default_index = default_index
         self.items: list[Item] = []
+        self.uniform: tuple[str, str | None, int] | None = None
         self.nothing: Refusal | None = None
         self._lines: list[int] = []  # per stored record: the index of its document's line
 
@@ -122,6 +125,12 @@ class Bulk:
             )
         return self.decode
 
+    def outcomes(self) -> list[Item]:
+        if self.uniform is not None:
+            op, index, count = self.uniform
+            return [Item(op, index, None)] * count
+        return self.items
+
     def decode(self, body: bytes, limits: Limits) -> Records:
         # Each record needs an action line and a document line: the record count is at most
         # half the non-blank lines, checked before one object per line is built.
@@ -129,11 +138,22 @@ class Bulk:
             limits.check_count(nonblank_lines(body) // 2)
         check_utf8(body, lines=True)
         lines = ndjson.decode_lines(body, _line_limits(limits))
+        n = len(lines)
+        if n % 2 == 0 and lines[0::2].count(lines[0]) == n // 2:  # one action line, n/2 documents
+            op, index, id_, prefix = _action(lines[0], body, 0, self.default_index)
+            if op in STORED_ACTIONS and id_ is None:
+                self.uniform = (op, index, n // 2)
+                docs = lines[1::2]
+                if prefix is not None:
+                    docs = _with_index_all(docs, prefix) or [_with_meta(doc, index, None, prefix) for doc in docs]
+                return finish(docs, limits, lambda k: self._locate(body, 2 * k + 1))
+        return self._decode_items(body, lines, limits)
+
+    def _decode_items(self, body: bytes, lines: list[msgspec.Raw], limits: Limits) -> Records:
         docs: list = []
         items = self.items
         record_lines = self._lines
-        default_index = self.default_index
-        actions: dict[bytes, tuple[str, str | None, str | None]] = {}  # clients repeat one action line
+        actions: dict[bytes, tuple] = {}  # clients repeat action lines: parse each once
         n = len(lines)
         i = 0
         while i < n:
@@ -141,38 +161,38 @@ class Bulk:
             key = bytes(line)
             parsed = actions.get(key)
             if parsed is None:
-                parsed = actions[key] = _action(line, body, i)
-            op, index, id_ = parsed
+                parsed = actions[key] = _action(line, body, i, self.default_index)
+            op, index, id_, prefix = parsed
             if op == "delete":
-                items.append(Item(op, index or default_index, id_, "the delete action is not supported: "
+                items.append(Item(op, index, id_, "the delete action is not supported: "
                                   "ringgate stores documents (send index or create)"))
                 i += 1
                 continue
             if i + 1 >= n:
                 raise Refusal(400, "invalid_bulk", f"the {op} action on line {_line_number(body, i)} has no "
                                                    "document line after it (the body ends)")
-            doc = lines[i + 1]
             if op not in STORED_ACTIONS:
                 why = ("the update action is not supported: ringgate stores documents (send index or create)"
                        if op == "update" else f"unknown action {shown(op)}: expected index or create")
-                items.append(Item(op, index or default_index, id_, why))
+                items.append(Item(op, index, id_, why))
             else:
-                index = index or default_index
+                doc = lines[i + 1]
                 items.append(Item(op, index, id_))
-                docs.append(doc if index is None and id_ is None else _with_meta(doc, index, id_))
+                docs.append(doc if prefix is None else _with_meta(doc, index, id_, prefix))
                 record_lines.append(i + 1)
             i += 2
         if not docs:
             self.nothing = Refusal(400, "no_documents", "no item of the bulk request stores a document")
             raise self.nothing
-        return finish(docs, limits, lambda k: self._locate(body, k))
+        return finish(docs, limits, lambda k: self._locate(body, record_lines[k]))
 
-    def _locate(self, body: bytes, record: int) -> str:
-        return f"the document on line {_line_number(body, self._lines[record])}"
+    def _locate(self, body: bytes, line: int) -> str:
+        return f"the document on line {_line_number(body, line)}"
 
 
-def _action(line: msgspec.Raw, body: bytes, nonblank_index: int) -> tuple[str, str | None, str | None]:
-    """(action, `_index`, `_id`) of an action line, or a 400 for one Elasticsearch refuses too."""
+def _action(line: msgspec.Raw, body: bytes, nonblank_index: int, default_index: str | None) -> tuple:
+    """(action, `_index`, `_id`, the fields to add to its document) of an action line (the URL's
+    index when the line names none), or a 400 for a line Elasticsearch refuses too."""
 
     def lineno() -> int:
         return _line_number(body, nonblank_index)
@@ -194,29 +214,57 @@ def _action(line: msgspec.Raw, body: bytes, nonblank_index: int) -> tuple[str, s
         if isinstance(id_, bool) or not isinstance(id_, str | int) or id_ == "":
             raise Refusal(400, "invalid_action", f"action line {lineno()}: _id must be a non-empty string")
         id_ = str(id_)
-    return op, index, id_
+    index = index or default_index
+    return op, index, id_, _fields(index, id_)
 
 
-def _with_meta(doc: msgspec.Raw, index: str | None, id_: str | None) -> msgspec.Raw | bytes:
-    """The document with `_index` / `_id` added where it has no such top-level field."""
+def _fields(index: str | None, id_: str | None) -> bytes | None:
+    """`{"_index":…,"_id":…,` to put before the rest of a document, None when there is nothing to add."""
+    fields = []
+    if index is not None:
+        fields.append(b'"_index":' + _encode(index))
+    if id_ is not None:
+        fields.append(b'"_id":' + _encode(id_))
+    return b"{" + b",".join(fields) + b"," if fields else None
+
+
+_SPLICE_SLOW = frozenset(b" \t\r\n}")  # after "{": whitespace or an empty object
+
+
+def _with_index_all(docs: list[msgspec.Raw], prefix: bytes) -> list[bytes] | None:
+    """Every document with `prefix` (`{"_index":…,`) in place of its "{"; None when one may not
+    simply take it (not an object, empty, space after "{", or a field `_index` or an escape
+    anywhere among them): then each is looked at on its own."""
+    joined = b"".join(docs)
+    if b'"_index"' in joined or b"\\" in joined:
+        return None
+    out = []
+    for doc in docs:
+        raw = bytes(doc)
+        if raw[0] != 0x7B or raw[1] in _SPLICE_SLOW:  # "{"
+            return None
+        out.append(prefix + raw[1:])
+    return out
+
+
+def _with_meta(doc: msgspec.Raw, index: str | None, id_: str | None, prefix: bytes) -> msgspec.Raw | bytes:
+    """The document with `_index` / `_id` (`prefix`) added where it has no such top-level field."""
     raw = bytes(doc)
     if raw[:1] != b"{":
         return doc  # not an object: finish names it
+    if b'"_index"' not in raw and b'"_id"' not in raw and b"\\" not in raw and raw[1] not in _SPLICE_SLOW:
+        return prefix + raw[1:]
     if b'"_index"' in raw or b'"_id"' in raw or b"\\" in raw:  # maybe present (or escaped): look
         meta = _decode_meta(raw)
         if meta.index:  # an empty Raw is the default: the field is absent
             index = None
         if meta.id:
             id_ = None
-    fields = []
-    if index is not None:
-        fields.append(b'"_index":' + _encode(index))
-    if id_ is not None:
-        fields.append(b'"_id":' + _encode(id_))
-    if not fields:
-        return doc
+        prefix = _fields(index, id_)
+        if prefix is None:
+            return doc
     rest = raw[1:].lstrip(b" \t\r\n")
-    return b"{" + b",".join(fields) + (b"," + rest if rest[:1] != b"}" else rest)
+    return prefix + rest if rest[:1] != b"}" else prefix[:-1] + rest
 
 
 # ---------------------------------------------------------------------------------- the answers
@@ -251,25 +299,42 @@ def _json(value, status: int = 200) -> Answer:
 
 def bulk_answer(bulk: Bulk, batch_id: str | None, took_ms: int) -> Answer:
     """200 with one result per item, in the order of the request, as the clients parse it
-    (`elasticsearch.helpers.bulk` reads each item's only key and its `status`)."""
+    (`elasticsearch.helpers.bulk`, Beats, Logstash and Vector read each item's one key and its
+    `status`, and `error` when there is one). A generated `_id` is the batch id and the item's place."""
+    if bulk.uniform is not None:
+        op, index, count = bulk.uniform
+        created = _created(op, index, batch_id.encode() + b"-%d", template=True)
+        parts = [created % position for position in range(count)]
+        return _items(b"false", parts, took_ms)
     parts = []
     errors = False
     for position, item in enumerate(bulk.items):
-        op = _encode(item.op)
-        where = b'"_index":%b,' % _encode(item.index) if item.index is not None else b""
         if item.refused is None:
-            id_ = _encode(item.id if item.id is not None else f"{batch_id}-{position}")
-            parts.append(
-                b'{%b:{%b"_id":%b,"_version":1,"result":"created","_shards":{"total":1,"successful":1,"failed":0},'
-                b'"_seq_no":%d,"_primary_term":1,"status":201}}' % (op, where, id_, position)
-            )
+            id_ = item.id if item.id is not None else f"{batch_id}-{position}"
+            parts.append(_created(item.op, item.index, _encode(id_)[1:-1]))
         else:
             errors = True
             id_ = b'"_id":%b,' % _encode(item.id) if item.id is not None else b""
             reason = _encode({"type": _ITEM_ERROR, "reason": item.refused})
-            parts.append(b'{%b:{%b%b"status":400,"error":%b}}' % (op, where, id_, reason))
-    body = b'{"took":%d,"errors":%b,"items":[%b]}' % (took_ms, b"true" if errors else b"false", b",".join(parts))
-    return Answer(200, body, headers=[PRODUCT])
+            parts.append(b'{%b:{%b%b"status":400,"error":%b}}' % (_encode(item.op), _where(item.index), id_, reason))
+    return _items(b"true" if errors else b"false", parts, took_ms)
+
+
+def _where(index: str | None) -> bytes:
+    return b'"_index":%b,' % _encode(index) if index is not None else b""
+
+
+def _created(op: str, index: str | None, id_: bytes, template: bool = False) -> bytes:
+    """A created item; `id_` is the JSON string's content. As a `template`, `id_` holds a `%d` and
+    every other `%` is doubled, for one `template % position` per item."""
+    op_, where = _encode(op), _where(index)
+    if template:
+        op_, where = op_.replace(b"%", b"%%"), where.replace(b"%", b"%%")
+    return b'{%b:{%b"_id":"%b","_version":1,"result":"created","status":201}}' % (op_, where, id_)
+
+
+def _items(errors: bytes, parts: list[bytes], took_ms: int) -> Answer:
+    return Answer(200, b'{"took":%d,"errors":%b,"items":[%b]}' % (took_ms, errors, b",".join(parts)), headers=[PRODUCT])
 
 
 def _major(req: Request) -> int:

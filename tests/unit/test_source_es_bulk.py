@@ -126,7 +126,7 @@ def test_any_action_and_document_lines_are_records_or_a_refusal(values, index):
     except Refusal:
         return
     docs = split(records)
-    stored = [i for i in bulk.items if i.refused is None]
+    stored = [i for i in bulk.outcomes() if i.refused is None]
     assert len(docs) == len(stored)
     for doc, item in zip(docs, stored, strict=True):
         if item.index is not None:
