@@ -9,9 +9,9 @@ clients send to ringgate as they would to a cluster.
   is refused nothing is claimed and the answer is 200 with every item's 400, as Elasticsearch
   answers.
 - The probes clients make before they send: `GET`/`HEAD /` (cluster info with a version),
-  `/_license`, `/_nodes/http`, `/_cluster/health` (Vector's health check), and `GET`/`PUT` on
-  index, component and legacy templates and ILM policies, answered as accepted. They answer
-  without a key.
+  `/_license`, `/_xpack` (ILM available), `/_nodes/http`, `/_cluster/health` (Vector's health
+  check), and `GET`/`PUT` on index, component and legacy templates and ILM policies, answered as
+  accepted. They answer without a key.
 - Every answer carries `X-Elastic-Product: Elasticsearch` (the clients refuse a 2xx without it),
   errors in Elasticsearch's shape `{"error": {"root_cause", "type", "reason"}, "status"}`, and
   backpressure as 429 with Retry-After, which Beats, Logstash, Fluent Bit and Vector retry.
@@ -391,6 +391,15 @@ def routes(gw: Gateway) -> list[Route]:
             }},
         })
 
+    async def xpack(req: Request) -> Answer:
+        # Beats and Logstash ask whether ILM is available and enabled before they set it up.
+        return _json({
+            "build": {"hash": "ringgate", "date": "2025-01-01T00:00:00.000Z"},
+            "license": {"uid": "ringgate", "type": "basic", "mode": "basic", "status": "active"},
+            "features": {"ilm": {"available": True, "enabled": True}, "data_streams": {"available": True, "enabled": True}},
+            "tagline": "You know, for X",
+        })
+
     async def health(req: Request) -> Answer:
         return _json({
             "cluster_name": CLUSTER_NAME, "status": "green", "timed_out": False, "number_of_nodes": 1,
@@ -418,6 +427,7 @@ def routes(gw: Gateway) -> list[Route]:
         Route("/_license", license_, ("GET",)),
         Route("/_nodes/http", nodes_http, ("GET",)),
         Route("/_cluster/health", health, ("GET",)),
+        Route("/_xpack", xpack, ("GET",)),
         Route("/_index_template/{name}", acknowledged, settings),
         Route("/_component_template/{name}", acknowledged, settings),
         Route("/_template/{name}", acknowledged, settings),

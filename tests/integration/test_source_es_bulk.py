@@ -39,13 +39,14 @@ def test_the_clients_product_check_passes_and_the_probes_answer_without_a_key(ma
     assert info["tagline"] == "You Know, for Search"
     assert info["version"]["number"].split(".")[0] in ("8", "9")
     assert es.ping()  # HEAD /
-    for path in ("/", "/_license", "/_nodes/http", "/_cluster/health", "/_index_template/logs",
+    for path in ("/", "/_license", "/_xpack", "/_nodes/http", "/_cluster/health", "/_index_template/logs",
                  "/_component_template/logs", "/_template/logs", "/_ilm/policy/logs"):
         for method in ("GET", "HEAD"):
             resp = request(gw.port, method, path)
             assert resp.status == 200, (method, path, resp.body)
             assert resp.headers["x-elastic-product"] == "Elasticsearch", (method, path)
     assert request(gw.port, "GET", "/_license").json()["license"]["status"] == "active"
+    assert request(gw.port, "GET", "/_xpack").json()["features"]["ilm"] == {"available": True, "enabled": True}
     node = next(iter(request(gw.port, "GET", "/_nodes/http").json()["nodes"].values()))
     assert node["http"]["publish_address"] == f"127.0.0.1:{gw.port}"  # where sniffers reconnect
     template = {"index_patterns": ["logs-*"], "template": {"settings": {"number_of_shards": 1}}}
