@@ -10,6 +10,7 @@ import pytest
 from elasticsearch import ApiError, AuthenticationException, Elasticsearch, helpers
 
 from tests.fixtures.gateway import request
+from tests.integration.test_gateway import shared_gateway  # noqa: F401 - one gateway for the refusals
 from tests.sinkdata import assert_exactly_once, file_sink_records, wait_for
 
 NDJSON = {"Content-Type": "application/x-ndjson"}
@@ -181,34 +182,15 @@ def test_a_request_of_refused_items_only_claims_nothing(make_gateway):
     (b'{"index":{}}\n{}\n', "text/plain", 415, "unsupported_media_type", "text/plain"),
     (b"\n\n", "application/x-ndjson", 400, "empty_body", "no records"),
 ])
-def test_errors_in_elasticsearch_shape(make_gateway, body, content_type, status, code, reason_has, request):
-    gw = request.getfixturevalue("shared_es_gateway")
+def test_errors_in_elasticsearch_shape(shared_gateway, body, content_type, status, code, reason_has):  # noqa: F811
+    gw = shared_gateway
     resp = gw.post(body, content_type, "/_bulk")
     assert resp.status == status, resp.body
     assert resp.headers["x-elastic-product"] == "Elasticsearch"
     err = resp.json()
     assert err["status"] == status and err["error"]["code"] == code, err
     assert reason_has in err["error"]["reason"] and err["error"]["root_cause"][0]["type"] == err["error"]["type"]
-
-
-@pytest.fixture(scope="module")
-def shared_es_gateway(tmp_path_factory):
-    import os
-
-    from tests.fixtures.gateway import Gateway, free_port
-
-    tmp = tmp_path_factory.mktemp("es-shared")
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RINGGATE_")}
-    env.update({
-        "RINGGATE_PORT": str(port), "RINGGATE_INSTANCE": f"rgesshared{os.getpid()}", "RINGGATE_WORKERS": "1",
-        "RINGGATE_RING_BYTES": str(1 << 20), "RINGGATE_SINK": f"file://{tmp}/data", "RINGGATE_DLQ": f"file://{tmp}/dlq",
-    })
-    gw = Gateway(env=env, cwd=str(tmp), port=port, instance=env["RINGGATE_INSTANCE"], log_path=str(tmp / "log"))
-    gw.start()
-    yield gw
-    assert gw.stop() == 0, gw.log()
-    assert file_sink_records(gw.sink_dir) == []  # no refused body stored anything
+    assert file_sink_records(gw.sink_dir) == []  # a refused request stores nothing
 
 
 def test_a_full_ring_is_429_with_retry_after_and_nothing_refused_is_stored(make_gateway, tmp_path):
