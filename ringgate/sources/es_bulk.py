@@ -47,8 +47,8 @@ MEDIA_TYPES = frozenset({
 STORED_ACTIONS = frozenset({"index", "create"})
 CLUSTER_NAME = "ringgate"
 NODE_ID = "ringgate-node-0"
-# 8.x unless the client announces 9 (`compatible-with=9`): Beats, Logstash, Fluent Bit and Vector
-# all speak to an 8.x cluster, and Vector's `api_version: auto` knows no major above 8.
+# 8.x unless the client announces 9 (`compatible-with=9`, as the `elasticsearch` 9 clients do): every
+# shipper named above speaks to an 8.x cluster, while a real 8.x cluster refuses compatible-with=9.
 VERSIONS = {
     8: {"number": "8.19.0", "lucene_version": "9.12.2", "minimum_wire_compatibility_version": "7.17.0",
         "minimum_index_compatibility_version": "7.0.0"},
