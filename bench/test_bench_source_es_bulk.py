@@ -25,12 +25,13 @@ import pytest
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
+import test_bench_app as bench_app  # noqa: E402
 from _report import write_report  # noqa: E402
 from e2e import make_body, make_records  # noqa: E402
 from test_bench_app import ringgate_app  # noqa: E402, F401 - the same app fixture
 
 N = 100
-REQUESTS = 100  # per round: 100 x 100 records fit the 16 MiB ring with room to spare
+REQUESTS = bench_app.REQUESTS  # per round, as test_bench_app: 200 x 100 framed records fit its 16 MiB ring
 DOCS = make_records(N)
 CASES = {
     "/v1/ingest JSON": ("/v1/ingest", b"application/json", make_body(N), 202),
@@ -44,25 +45,17 @@ _results: dict[str, float] = {}  # case -> records/s (median round)
 
 
 def _runner(app, path: str, content_type: bytes, body: bytes, statuses: list):
+    """test_bench_app's loop of REQUESTS calls, with this case's path and Content-Type."""
     scope = {
         "type": "http", "method": "POST", "path": path, "query_string": b"", "http_version": "1.1",
         "headers": [(b"host", b"127.0.0.1"), (b"content-type", content_type),
                     (b"content-length", str(len(body)).encode())],
     }
-    message = {"type": "http.request", "body": body, "more_body": False}
 
-    async def receive():
-        return message
+    def with_scope(_their_scope, receive, send):
+        return app(scope, receive, send)
 
-    async def send(m):
-        if m["type"] == "http.response.start":
-            statuses.append(m["status"])
-
-    async def many():
-        for _ in range(REQUESTS):
-            await app(scope, receive, send)
-
-    return many
+    return bench_app._runner(with_scope, body, statuses)
 
 
 @pytest.mark.parametrize("case", list(CASES))
