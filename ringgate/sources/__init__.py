@@ -12,6 +12,7 @@ import importlib
 
 SOURCES = ("native", "seeds", "hec")
 SOURCES = ("native", "seeds", "loki")
+SOURCES = ("native", "seeds", "es_bulk")
 
 
 def routes(gateway) -> list:
