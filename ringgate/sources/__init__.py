@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib
 
-SOURCES = ("native", "seeds")
+SOURCES = ("native", "seeds", "otlp")
 
 
 def routes(gateway) -> list:
