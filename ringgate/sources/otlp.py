@@ -31,7 +31,7 @@ from google.rpc import status_pb2
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
 
 from ..codecs import Limits, Records, media_type
-from ..codecs.records import count_elements, finish
+from ..codecs.records import MAX_DEPTH, count_elements, finish
 from ..errors import Refusal
 from ..gateway import Gateway
 from ..http.answers import retry_after
@@ -183,21 +183,31 @@ def count_log_records(body: bytes, limits: Limits) -> int:
     return records
 
 
-def _any_pb(value) -> object:
+def _any_pb(value, depth: int) -> object:
+    """An AnyValue as plain JSON; `depth` is the nesting an array or object made here would have."""
     kind = value.WhichOneof("value")
     if kind is None or kind == "string_value_strindex":
         return None
     if kind == "array_value":
-        return [_any_pb(v) for v in value.array_value.values]
+        _check_depth(depth)
+        return [_any_pb(v, depth + 1) for v in value.array_value.values]
     if kind == "kvlist_value":
-        return {kv.key: _any_pb(kv.value) for kv in value.kvlist_value.values}
+        return _attributes_pb(value.kvlist_value.values, depth)
     if kind == "bytes_value":
         return base64.b64encode(value.bytes_value).decode()
     return getattr(value, kind)
 
 
-def _attributes_pb(values) -> dict:
-    return {kv.key: _any_pb(kv.value) for kv in values}
+def _attributes_pb(values, depth: int) -> dict:
+    _check_depth(depth)
+    return {kv.key: _any_pb(kv.value, depth + 1) for kv in values}
+
+
+def _check_depth(depth: int) -> None:
+    # finish(trusted=True) does not scan depth: the values are bounded here, as they are built
+    # (upb's own limit of 100 messages keeps protobuf bodies shallower than this anyway).
+    if depth > MAX_DEPTH:
+        raise _too_deep()
 
 
 def decode_protobuf(body: bytes, limits: Limits) -> Records:
@@ -208,7 +218,7 @@ def decode_protobuf(body: bytes, limits: Limits) -> Records:
 
 
 def _too_deep() -> Refusal:
-    return Refusal(400, "too_deep", "a log record's body or attributes nest too deeply")
+    return Refusal(400, "too_deep", f"a log record's body or attributes nest deeper than {MAX_DEPTH} levels")
 
 
 def _decode_protobuf(body: bytes, limits: Limits) -> Records:
@@ -222,7 +232,7 @@ def _decode_protobuf(body: bytes, limits: Limits) -> Records:
     place = _Place(json=False)
     raws: list[bytes] = []
     for r, resource_logs in enumerate(request.resource_logs):
-        resource = _attributes_pb(resource_logs.resource.attributes)
+        resource = _attributes_pb(resource_logs.resource.attributes, 2)
         for s, scope_logs in enumerate(resource_logs.scope_logs):
             place.spans.append((r, s, len(scope_logs.log_records)))
             scope = {}
@@ -241,9 +251,9 @@ def _decode_protobuf(body: bytes, limits: Limits) -> Records:
                 if log.severity_text:
                     record["severity_text"] = log.severity_text
                 if log.HasField("body") and log.body.WhichOneof("value") is not None:
-                    record["body"] = _any_pb(log.body)
+                    record["body"] = _any_pb(log.body, 2)
                 if log.attributes:
-                    record["attributes"] = _attributes_pb(log.attributes)
+                    record["attributes"] = _attributes_pb(log.attributes, 2)
                 if resource:
                     record["resource"] = resource
                 if scope:
@@ -369,7 +379,7 @@ def _int64(value, what: str, where: Callable[[], str], unsigned: bool = False) -
     return value
 
 
-def _any_json(value: AnyValue | None, where) -> object:
+def _any_json(value: AnyValue | None, where, depth: int) -> object:
     if value is None:
         return None
     if value.stringValue is not None:
@@ -387,16 +397,18 @@ def _any_json(value: AnyValue | None, where) -> object:
                 raise Refusal(400, "invalid_otlp", f"{where()}: doubleValue {double[:40]!r} is not a number") from None
         return double
     if value.arrayValue is not None:
-        return [_any_json(v, where) for v in value.arrayValue.values or ()]
+        _check_depth(depth)
+        return [_any_json(v, where, depth + 1) for v in value.arrayValue.values or ()]
     if value.kvlistValue is not None:
-        return _attributes_json(value.kvlistValue.values, where)
+        return _attributes_json(value.kvlistValue.values, where, depth)
     if value.bytesValue is not None:
         return value.bytesValue
     return None
 
 
-def _attributes_json(values: list[KeyValue] | None, where) -> dict:
-    return {kv.key: _any_json(kv.value, where) for kv in values or ()}
+def _attributes_json(values: list[KeyValue] | None, where, depth: int) -> dict:
+    _check_depth(depth)
+    return {kv.key: _any_json(kv.value, where, depth + 1) for kv in values or ()}
 
 
 def _hex_json(value: str, size: int, what: str, where) -> str:
@@ -427,7 +439,7 @@ def _decode_json(body: bytes, limits: Limits) -> Records:
         envelopes = _count_envelopes(resource_logs.scopeLogs, envelopes, limits, small)
         scopes = _decode_level(_SCOPE_LOGS, resource_logs.scopeLogs, f"{at_r}.scopeLogs")
         resource_attrs = resource_logs.resource.attributes if resource_logs.resource else None
-        resource = _attributes_json(resource_attrs, lambda at_r=at_r: f"{at_r}.resource")
+        resource = _attributes_json(resource_attrs, lambda at_r=at_r: f"{at_r}.resource", 2)
         for s, scope_logs in enumerate(scopes):
             logs = scope_logs.logRecords
             if not small:
@@ -458,10 +470,10 @@ def _record_json(log: LogRecord, resource: dict, scope: dict, where) -> dict:
         record["severity_number"] = log.severityNumber
     if log.severityText:
         record["severity_text"] = log.severityText
-    if log.body is not None and (body := _any_json(log.body, where)) is not None:
+    if log.body is not None and (body := _any_json(log.body, where, 2)) is not None:
         record["body"] = body
     if log.attributes:
-        record["attributes"] = _attributes_json(log.attributes, where)
+        record["attributes"] = _attributes_json(log.attributes, where, 2)
     if resource:
         record["resource"] = resource
     if scope:
