@@ -186,6 +186,8 @@ def count_log_records(body: bytes, limits: Limits) -> int:
 def _any_pb(value, depth: int) -> object:
     """An AnyValue as plain JSON; `depth` is the nesting an array or object made here would have."""
     kind = value.WhichOneof("value")
+    if kind == "string_value":  # most values: first
+        return value.string_value
     if kind is None or kind == "string_value_strindex":
         return None
     if kind == "array_value":
