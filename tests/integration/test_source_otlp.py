@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import threading
 
 import pytest
 from google.rpc import status_pb2
@@ -227,21 +228,31 @@ def test_a_full_ring_answers_429_with_retry_after_and_a_status_and_stores_nothin
     assert len(stored) == len(accepted)
 
 
-def test_the_exporter_treats_backpressure_as_retryable(make_gateway, tmp_path):
-    """The SDK retries 429 after Retry-After; with its deadline shorter than that it gives up
-    (FAILURE) instead of treating the answer as final. The plain-client test above checks bodies."""
+def test_the_exporter_retries_backpressure_and_succeeds_once_the_ring_drains(make_gateway, tmp_path):
+    """429 + Retry-After is what the SDK retries: its export, refused while the ring is full,
+    succeeds after the sink recovers, and its record is stored once."""
     blocker = tmp_path / "blocked"
     blocker.write_text("x")
     gw = make_gateway(RING_BYTES=str(64 * 1024), SINK=f"file://{blocker}/data")
+    filled: list[str] = []
     for n in range(200):
-        if gw.post(_request([f"fill{n}-{i}" for i in range(10)]), PROTOBUF, "/v1/logs").status == 429:
+        ids = [f"fill{n}-{i}" for i in range(10)]
+        if gw.post(_request(ids), PROTOBUF, "/v1/logs").status == 429:
             break
-    exporter = RecordingExporter(endpoint=f"http://127.0.0.1:{gw.port}/v1/logs", timeout=0.5)
+        filled += ids
+    exporter = RecordingExporter(endpoint=f"http://127.0.0.1:{gw.port}/v1/logs", timeout=30)
     provider = LoggerProvider(resource=Resource.create({}))
     provider.add_log_record_processor(SimpleLogRecordProcessor(exporter))
-    provider.get_logger("t").emit(body="refused")
+    refused_before = gw.metrics()['ringgate_requests_total{code="429"}']
+    sender = threading.Thread(target=provider.get_logger("t").emit, kwargs={"attributes": {"id": "retried"}})
+    sender.start()
+    wait_for(lambda: gw.metrics()['ringgate_requests_total{code="429"}'] > refused_before, what="the exporter's 429")
+    blocker.unlink()  # the sink recovers, the ring drains, the exporter's retry gets in
+    sender.join(60)
     provider.shutdown()
-    assert [r for _, r in exporter.results] == [LogRecordExportResult.FAILURE]
+    assert [r for _, r in exporter.results] == [LogRecordExportResult.SUCCESS]
+    wait_for(lambda: len(file_sink_records(blocker / "data")) >= len(filled) + 1, what="delivery")
+    assert_exactly_once([*filled, "retried"], _with_ids(file_sink_records(blocker / "data")), key="_id")
 
 
 BAD = [
