@@ -93,6 +93,8 @@ def test_unset_fields_are_absent():
     ({"spanId": "xyz0"}, "logRecords[1]: spanId 'xyz0' is not hex"),
     ({"timeUnixNano": str(1 << 64)}, "timeUnixNano 18446744073709551616 is out of range"),
     ({"timeUnixNano": "-1"}, "timeUnixNano '-1' is not a decimal integer"),
+    ({"observedTimeUnixNano": -1}, "observedTimeUnixNano -1 is out of range"),
+    ({"attributes": [{"key": "k", "value": {"intValue": 1 << 63}}]}, f"intValue {1 << 63} is out of range"),
     ({"attributes": [{"key": "k", "value": {"intValue": "1e3"}}]}, "intValue '1e3' is not a decimal integer"),
     ({"attributes": [{"key": "k", "value": {"doubleValue": "many"}}]}, "doubleValue 'many' is not a number"),
     ({"severityNumber": "SEVERITY_NUMBER_INFO"}, "logRecords[1].severityNumber"),
