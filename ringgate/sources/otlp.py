@@ -24,6 +24,7 @@ from __future__ import annotations
 import base64
 import functools
 from collections.abc import Callable
+from typing import Annotated
 
 import msgspec
 from google.protobuf.message import DecodeError
@@ -275,6 +276,7 @@ def _decode_protobuf(body: bytes, limits: Limits) -> Records:
 # ---- JSON: typed structs, decoded level by level so every array is counted before it is built
 
 _Int = int | str | None
+_Enum = Annotated[int, msgspec.Meta(ge=-(1 << 31), lt=1 << 31)]  # protobuf enums are open int32s
 _NULL = msgspec.Raw(b"null")  # an absent array decodes as an explicit null would
 
 
@@ -304,7 +306,7 @@ class KeyValue(msgspec.Struct):
 class LogRecord(msgspec.Struct):
     timeUnixNano: _Int = None
     observedTimeUnixNano: _Int = None
-    severityNumber: int | None = None
+    severityNumber: _Enum | None = None
     severityText: str | None = None
     body: AnyValue | None = None
     attributes: list[KeyValue] | None = None

@@ -97,7 +97,8 @@ def test_unset_fields_are_absent():
     ({"attributes": [{"key": "k", "value": {"intValue": 1 << 63}}]}, f"intValue {1 << 63} is out of range"),
     ({"attributes": [{"key": "k", "value": {"intValue": "1e3"}}]}, "intValue '1e3' is not a decimal integer"),
     ({"attributes": [{"key": "k", "value": {"doubleValue": "many"}}]}, "doubleValue 'many' is not a number"),
-    ({"severityNumber": "SEVERITY_NUMBER_INFO"}, "logRecords[1].severityNumber"),
+    ({"severityNumber": "SEVERITY_NUMBER_INFO"}, "logRecords[1].severityNumber"),  # OTLP: integers only
+    ({"severityNumber": 1 << 40}, "Expected `int` <= 2147483647 - at `resourceLogs[0].scopeLogs[0].logRecords[1].severityNumber`"),
     ({"body": []}, "Expected `object | null`, got `array` - at `resourceLogs[0].scopeLogs[0].logRecords[1].body`"),
 ])
 def test_json_faults_name_what_and_where(record, detail):
@@ -203,7 +204,7 @@ _json_values = st.recursive(
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
         st.sampled_from(["key", "value", "values", "stringValue", "intValue", "doubleValue", "boolValue",
                          "bytesValue", "arrayValue", "kvlistValue", "traceId", "spanId", "timeUnixNano",
-                         "body", "attributes", "logRecords", "scopeLogs", "resourceLogs", "scope", "x"]),
+                         "body", "attributes", "logRecords", "severityNumber", "observedTimeUnixNano", "eventName", "scopeLogs", "resourceLogs", "scope", "x"]),
         inner, max_size=5),
     max_leaves=30,
 )
