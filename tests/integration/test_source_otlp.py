@@ -117,8 +117,9 @@ def test_the_exporter_authenticates_through_its_headers(make_gateway):
     assert "unauthorized" in status_pb2.Status.FromString(resp.body).message
 
 
-# The OTLP specification's own example (opentelemetry-proto examples/logs.json), ids as hex,
-# 64-bit integers as decimal strings, enums as integers; plus an unknown field it must ignore.
+# After the example of the OTLP specification (opentelemetry-proto examples/logs.json): ids in
+# upper-case hex, 64-bit integers as decimal strings (proto3 JSON's form; the example's numbers
+# are sent too, below), an enum as an integer, and an unknown field a receiver must ignore.
 SPEC_JSON = {
     "resourceLogs": [{
         "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "my.service"}}]},
@@ -172,7 +173,11 @@ def test_a_json_request_as_the_spec_writes_it(make_gateway):
     gw = make_gateway()
     resp = gw.post(SPEC_JSON, "application/json", "/v1/logs")
     assert resp.status == 200 and resp.headers["content-type"] == "application/json" and resp.json() == {}
-    body = gzip.compress(json.dumps(SPEC_JSON).encode())
+    as_numbers = json.loads(json.dumps(SPEC_JSON))  # the example's own form: 64-bit integers as numbers
+    log = as_numbers["resourceLogs"][0]["scopeLogs"][0]["logRecords"][0]
+    log["timeUnixNano"] = log["observedTimeUnixNano"] = 1544712660300000000
+    log["attributes"][2]["value"]["intValue"] = 10
+    body = gzip.compress(json.dumps(as_numbers).encode())
     resp = gw.post(body, "application/json; charset=utf-8", "/v1/logs", headers={"Content-Encoding": "gzip"})
     assert resp.status == 200 and resp.json() == {}
     wait_for(lambda: len(file_sink_records(gw.sink_dir)) >= 4, what="delivery")
