@@ -22,6 +22,7 @@ counted as bytes (`count_elements`) before their elements are decoded.
 from __future__ import annotations
 
 import base64
+import binascii
 import functools
 from collections.abc import Callable
 from typing import Annotated
@@ -412,8 +413,20 @@ def _any_json(value: AnyValue | None, where, depth: int) -> object:
     if value.kvlistValue is not None:
         return _attributes_json(value.kvlistValue.values, where, depth)
     if value.bytesValue is not None:
-        return value.bytesValue
+        return _base64(value.bytesValue, where)
     return None
+
+
+def _base64(text: str, where) -> str:
+    """Standard base64, as the protobuf path stores bytes; proto3 JSON also allows URL-safe and unpadded."""
+    try:
+        raw = base64.b64decode(text.translate(_URL_SAFE) + "=" * (-len(text) % 4), validate=True)
+    except (ValueError, binascii.Error):
+        raise Refusal(400, "invalid_otlp", f"{where()}: bytesValue {text[:40]!r} is not base64") from None
+    return base64.b64encode(raw).decode()
+
+
+_URL_SAFE = str.maketrans("-_", "+/")
 
 
 def _attributes_json(values: list[KeyValue] | None, where, depth: int) -> dict:

@@ -79,6 +79,11 @@ def test_protobuf_and_json_give_the_same_records_in_the_design_shape():
     assert from_pb.blob == from_json.blob  # compact, the same bytes
 
 
+def test_json_bytes_are_stored_as_standard_base64_like_protobuf_bytes():
+    bodies = [{"body": {"bytesValue": form}} for form in ("AAH/", "AAH_", "AAH/+w==", "AAH_-w")]
+    assert [r["body"] for r in stored(decode_json(json_request(bodies), LIMITS))] == ["AAH/", "AAH/", "AAH/+w==", "AAH/+w=="]
+
+
 def test_unset_fields_are_absent():
     body = logs_service_pb2.ExportLogsServiceRequest(resource_logs=[logs_pb2.ResourceLogs(
         scope_logs=[logs_pb2.ScopeLogs(log_records=[logs_pb2.LogRecord(body=c.AnyValue())])])]).SerializeToString()
@@ -97,6 +102,7 @@ def test_unset_fields_are_absent():
     ({"attributes": [{"key": "k", "value": {"intValue": 1 << 63}}]}, f"intValue {1 << 63} is out of range"),
     ({"attributes": [{"key": "k", "value": {"intValue": "1e3"}}]}, "intValue '1e3' is not a decimal integer"),
     ({"attributes": [{"key": "k", "value": {"doubleValue": "many"}}]}, "doubleValue 'many' is not a number"),
+    ({"body": {"bytesValue": "AA$"}}, "logRecords[1]: bytesValue 'AA$' is not base64"),
     ({"severityNumber": "SEVERITY_NUMBER_INFO"}, "logRecords[1].severityNumber"),  # OTLP: integers only
     ({"severityNumber": 1 << 40}, "Expected `int` <= 2147483647 - at `resourceLogs[0].scopeLogs[0].logRecords[1].severityNumber`"),
     ({"body": []}, "Expected `object | null`, got `array` - at `resourceLogs[0].scopeLogs[0].logRecords[1].body`"),
