@@ -13,6 +13,7 @@ import importlib
 SOURCES = ("native", "seeds", "hec")
 SOURCES = ("native", "seeds", "loki")
 SOURCES = ("native", "seeds", "es_bulk")
+SOURCES = ("native", "seeds", "otlp")
 
 
 def routes(gateway) -> list:

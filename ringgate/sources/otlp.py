@@ -1,0 +1,531 @@
+"""OTLP/HTTP logs, `POST /v1/logs` (§8): what OpenTelemetry SDKs, the Collector's otlphttp
+exporter, Fluent Bit and Vector send.
+
+The body is an `ExportLogsServiceRequest`, binary protobuf (`application/x-protobuf`, parsed with
+opentelemetry-proto's generated classes) or the OTLP JSON mapping (`application/json`: lowerCamelCase
+keys, hex trace/span ids, int64 as decimal strings or numbers, enums as integers, unknown fields
+ignored). Each LogRecord becomes one record:
+
+    {"time_unix_nano", "observed_time_unix_nano", "severity_number", "severity_text", "body",
+     "attributes", "resource", "scope": {"name", "version"}, "trace_id", "span_id", "event_name"}
+
+each absent when unset (proto3: zero, empty), `body` and attribute values as plain JSON (kvlist
+an object, bytes base64). Answers are in the request's content type: 200 with an empty
+`ExportLogsServiceResponse`, errors as a `google.rpc.Status`; backpressure stays 429/503 with
+Retry-After, the codes OTLP clients retry, and everything else is not retried (400, 401, 413, ...).
+
+Counting comes first (§9): a protobuf body's LogRecords (and the envelopes holding them) are
+counted on the wire before the generated classes build anything, and a JSON body's arrays are
+counted as bytes (`count_elements`) before their elements are decoded.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import functools
+from collections.abc import Callable
+from typing import Annotated
+
+import msgspec
+from google.protobuf.message import DecodeError
+from google.rpc import status_pb2
+from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
+
+from ..codecs import Limits, Records, media_type
+from ..codecs.records import MAX_DEPTH, count_elements, finish, shown
+from ..errors import Refusal
+from ..gateway import Gateway
+from ..http.answers import retry_after
+from ..http.intake import Intake, accept
+from ..http.request import Answer, Request, Route
+
+NAME = "otlp"
+PROTOBUF = b"application/x-protobuf"
+JSON = b"application/json"
+
+_encode = msgspec.json.encode
+
+# google.rpc.Code for each HTTP status we answer; OTLP clients go by the HTTP status alone.
+_RPC_CODES = {400: 3, 401: 16, 408: 4, 413: 11, 415: 3, 429: 8, 503: 14}
+_UNKNOWN = 2
+
+
+# --------------------------------------------------------------------------------------- answers
+
+
+def _status(refusal: Refusal, content_type: bytes) -> Answer:
+    code = _RPC_CODES.get(refusal.status, _UNKNOWN)
+    message = f"{refusal.code}: {refusal.detail}"
+    if content_type == PROTOBUF:
+        body = status_pb2.Status(code=code, message=message).SerializeToString()
+    else:
+        body = _encode({"code": code, "message": message})
+    return Answer(refusal.status, body, content_type, retry_after(refusal))
+
+
+_SUCCESS = {PROTOBUF: logs_service_pb2.ExportLogsServiceResponse().SerializeToString(), JSON: b"{}"}
+
+
+def _media(content_type: bytes | None) -> str:
+    return media_type(content_type.decode("latin-1") if content_type else None)
+
+
+def _answer_type(content_type: bytes | None) -> bytes:
+    """Protobuf for protobuf requests, JSON for the rest (an unknown type is answered readably)."""
+    return PROTOBUF if _media(content_type) == "application/x-protobuf" else JSON
+
+
+# ---------------------------------------------------------------------------------- the decoders
+
+
+def _decoder(content_type: bytes | None):
+    name = _media(content_type)
+    if name == "application/x-protobuf":
+        return decode_protobuf
+    if name == "application/json":
+        return decode_json
+    raise Refusal(
+        415, "unsupported_media_type",
+        f"unsupported Content-Type {shown(name) if name else '(none)'} for OTLP; "
+        "expected application/x-protobuf or application/json",
+    )
+
+
+def _hex_id(value: bytes, size: int, what: str, where: Callable[[], str]) -> str:
+    if len(value) != size:
+        raise Refusal(400, "invalid_otlp", f"{where()}: {what} is {len(value)} bytes; it must be {size}")
+    return value.hex()
+
+
+class _Place:
+    """Where each record came from, for error messages: (resource, scope, records) per ScopeLogs."""
+
+    __slots__ = ("spans", "json")
+
+    def __init__(self, json: bool) -> None:
+        self.spans: list[tuple[int, int, int]] = []
+        self.json = json
+
+    def locate(self, index: int) -> str:
+        for r, s, n in self.spans:
+            if index < n:
+                if self.json:
+                    return f"resourceLogs[{r}].scopeLogs[{s}].logRecords[{index}]"
+                return f"resource_logs[{r}].scope_logs[{s}].log_records[{index}]"
+            index -= n
+        return f"log record {index}"
+
+
+# ---- protobuf
+
+
+def _varint(body: bytes, pos: int, end: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        if pos >= end or shift > 63:
+            raise DecodeError("truncated or overlong varint")
+        byte = body[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return result, pos
+        shift += 7
+
+
+def _fields(body: bytes, start: int, end: int):
+    """(field number, start, end) of each length-delimited field in body[start:end]; skips the rest."""
+    pos = start
+    while pos < end:
+        tag, pos = _varint(body, pos, end)
+        kind = tag & 7
+        if kind == 0:
+            _, pos = _varint(body, pos, end)
+        elif kind == 1:
+            pos += 8
+        elif kind == 5:
+            pos += 4
+        elif kind == 2:
+            length, pos = _varint(body, pos, end)
+            if pos + length > end:
+                raise DecodeError("a length-delimited field runs past its message")
+            yield tag >> 3, pos, pos + length
+            pos += length
+        else:  # groups (3, 4) are not in OTLP; 6, 7 do not exist
+            raise DecodeError(f"wire type {kind} is not used by OTLP")
+        if pos > end:
+            raise DecodeError("a field runs past its message")
+
+
+def _too_many_envelopes(count: int, limits: Limits, what: str) -> None:
+    """Envelopes cost as much to build as records: the same limit bounds them."""
+    raise Refusal(
+        413, "too_many_records",
+        f"the body holds {count} {what} or more; the limit is {limits.max_records} (RINGGATE_MAX_RECORDS)",
+    )
+
+
+def count_log_records(body: bytes, limits: Limits) -> int:
+    """The LogRecords of an ExportLogsServiceRequest, counted on the wire without building any.
+
+    Stops with 413 as soon as the count (or the count of ResourceLogs/ScopeLogs envelopes, which
+    cost as much to parse) passes the limit, so a tiny gzip of millions of empty records costs
+    one bounded walk. Malformed wire data is a DecodeError (400)."""
+    records = envelopes = 0
+    for number, start, end in _fields(body, 0, len(body)):
+        if number != 1:  # resource_logs
+            continue
+        envelopes += 1
+        for number, s_start, s_end in _fields(body, start, end):
+            if number != 2:  # scope_logs
+                continue
+            envelopes += 1
+            if not limits.within_count(envelopes):
+                _too_many_envelopes(envelopes, limits, "resource_logs/scope_logs")
+            for number, _, _ in _fields(body, s_start, s_end):
+                if number == 2:  # log_records
+                    records += 1
+                    if not limits.within_count(records):
+                        limits.check_count(records)
+    return records
+
+
+def _any_pb(value, depth: int) -> object:
+    """An AnyValue as plain JSON; `depth` is the nesting an array or object made here would have."""
+    kind = value.WhichOneof("value")
+    if kind == "string_value":  # most values: first
+        return value.string_value
+    if kind is None or kind == "string_value_strindex":
+        return None
+    if kind == "array_value":
+        _check_depth(depth)
+        return [_any_pb(v, depth + 1) for v in value.array_value.values]
+    if kind == "kvlist_value":
+        return _attributes_pb(value.kvlist_value.values, depth)
+    if kind == "bytes_value":
+        return base64.b64encode(value.bytes_value).decode()
+    return getattr(value, kind)
+
+
+def _attributes_pb(values, depth: int) -> dict:
+    _check_depth(depth)
+    return {kv.key: _any_pb(kv.value, depth + 1) for kv in values}
+
+
+def _check_depth(depth: int) -> None:
+    # finish(trusted=True) does not scan depth: the values are bounded here, as they are built
+    # (upb's own limit of 100 messages keeps protobuf bodies shallower than this anyway).
+    if depth > MAX_DEPTH:
+        raise _too_deep()
+
+
+def decode_protobuf(body: bytes, limits: Limits) -> Records:
+    try:
+        return _decode_protobuf(body, limits)
+    except RecursionError:
+        raise _too_deep() from None
+
+
+def _too_deep() -> Refusal:
+    return Refusal(400, "too_deep", f"a log record's body or attributes nest deeper than {MAX_DEPTH} levels")
+
+
+def _decode_protobuf(body: bytes, limits: Limits) -> Records:
+    try:
+        # Every record and envelope takes 2 bytes or more: a short body needs no count. Else count
+        # on the wire: upb would spend ~130 bytes per empty LogRecord before any count could run.
+        if not limits.short_enough(body):
+            count_log_records(body, limits)
+        request = logs_service_pb2.ExportLogsServiceRequest.FromString(body)
+    except DecodeError as exc:
+        raise Refusal(400, "invalid_protobuf", f"the body is not an ExportLogsServiceRequest: {exc}") from None
+    place = _Place(json=False)
+    raws: list[bytes] = []
+    for r, resource_logs in enumerate(request.resource_logs):
+        resource = _attributes_pb(resource_logs.resource.attributes, 2)
+        for s, scope_logs in enumerate(resource_logs.scope_logs):
+            place.spans.append((r, s, len(scope_logs.log_records)))
+            scope = {}
+            if scope_logs.scope.name:
+                scope["name"] = scope_logs.scope.name
+            if scope_logs.scope.version:
+                scope["version"] = scope_logs.scope.version
+            for log in scope_logs.log_records:
+                record = {}
+                if log.time_unix_nano:
+                    record["time_unix_nano"] = log.time_unix_nano
+                if log.observed_time_unix_nano:
+                    record["observed_time_unix_nano"] = log.observed_time_unix_nano
+                if log.severity_number:
+                    record["severity_number"] = log.severity_number
+                if log.severity_text:
+                    record["severity_text"] = log.severity_text
+                if log.HasField("body") and log.body.WhichOneof("value") is not None:
+                    record["body"] = _any_pb(log.body, 2)
+                if log.attributes:
+                    record["attributes"] = _attributes_pb(log.attributes, 2)
+                if resource:
+                    record["resource"] = resource
+                if scope:
+                    record["scope"] = scope
+                if log.trace_id:
+                    where = functools.partial(place.locate, len(raws))
+                    record["trace_id"] = _hex_id(log.trace_id, 16, "trace_id", where)
+                if log.span_id:
+                    where = functools.partial(place.locate, len(raws))
+                    record["span_id"] = _hex_id(log.span_id, 8, "span_id", where)
+                if log.event_name:
+                    record["event_name"] = log.event_name
+                raws.append(_encode(record))
+    return finish(raws, limits, place.locate, trusted=True)
+
+
+# ---- JSON: typed structs, decoded level by level so every array is counted before it is built
+
+_Int = int | str | None
+_Enum = Annotated[int, msgspec.Meta(ge=-(1 << 31), lt=1 << 31)]  # protobuf enums are open int32s
+_NULL = msgspec.Raw(b"null")  # an absent array decodes as an explicit null would
+
+
+class ArrayValue(msgspec.Struct):
+    values: list[AnyValue] | None = None
+
+
+class KeyValueList(msgspec.Struct):
+    values: list[KeyValue] | None = None
+
+
+class AnyValue(msgspec.Struct):
+    stringValue: str | None = None
+    boolValue: bool | None = None
+    intValue: _Int = None
+    doubleValue: float | str | None = None
+    arrayValue: ArrayValue | None = None
+    kvlistValue: KeyValueList | None = None
+    bytesValue: str | None = None
+
+
+class KeyValue(msgspec.Struct):
+    key: str = ""
+    value: AnyValue | None = None
+
+
+class LogRecord(msgspec.Struct):
+    timeUnixNano: _Int = None
+    observedTimeUnixNano: _Int = None
+    severityNumber: _Enum | None = None
+    severityText: str | None = None
+    body: AnyValue | None = None
+    attributes: list[KeyValue] | None = None
+    traceId: str | None = None
+    spanId: str | None = None
+    eventName: str | None = None
+
+
+class InstrumentationScope(msgspec.Struct):
+    name: str | None = None
+    version: str | None = None
+
+
+class Resource(msgspec.Struct):
+    attributes: list[KeyValue] | None = None
+
+
+class ScopeLogs(msgspec.Struct):
+    scope: InstrumentationScope | None = None
+    logRecords: msgspec.Raw = _NULL
+
+
+class ResourceLogs(msgspec.Struct):
+    resource: Resource | None = None
+    scopeLogs: msgspec.Raw = _NULL
+
+
+class ExportLogsServiceRequest(msgspec.Struct):
+    resourceLogs: msgspec.Raw = _NULL
+
+
+_REQUEST = msgspec.json.Decoder(ExportLogsServiceRequest)
+_RESOURCE_LOGS = msgspec.json.Decoder(list[ResourceLogs] | None)
+_SCOPE_LOGS = msgspec.json.Decoder(list[ScopeLogs] | None)
+_LOG_RECORDS = msgspec.json.Decoder(list[LogRecord] | None)
+
+
+class _Invalid(Exception):
+    pass
+
+
+def _decode_level(decoder: msgspec.json.Decoder, raw, where: str):
+    try:
+        return decoder.decode(raw) or []
+    except msgspec.ValidationError as exc:
+        # msgspec names the place inside the piece it was given: "... - at `$[0].key`"
+        message = str(exc)
+        at = message.replace("`$", f"`{where}", 1)
+        raise Refusal(400, "invalid_otlp", at if at != message else f"{where}: {message}") from None
+    except msgspec.DecodeError as exc:
+        raise Refusal(400, "invalid_json", f"{where}: {exc}") from None
+
+
+def _count_envelopes(raw, envelopes: int, limits: Limits, small: bool) -> int:
+    """`envelopes` plus the elements of the array `raw`, counted as bytes unless the body is small."""
+    if small:
+        return envelopes
+    envelopes += count_elements(bytes(raw))
+    if not limits.within_count(envelopes):
+        _too_many_envelopes(envelopes, limits, "resourceLogs/scopeLogs")
+    return envelopes
+
+
+def _int64(value, what: str, where: Callable[[], str], unsigned: bool = False) -> int:
+    if isinstance(value, str):
+        text = value.strip()
+        digits = text[1:] if text[:1] == "-" and not unsigned else text
+        if not digits.isascii() or not digits.isdigit():
+            raise Refusal(400, "invalid_otlp", f"{where()}: {what} {value[:40]!r} is not a decimal integer")
+        value = int(text)
+    low, high = (0, 1 << 64) if unsigned else (-(1 << 63), 1 << 63)
+    if not low <= value < high:
+        raise Refusal(400, "invalid_otlp", f"{where()}: {what} {value} is out of range")
+    return value
+
+
+def _any_json(value: AnyValue | None, where, depth: int) -> object:
+    if value is None:
+        return None
+    if value.stringValue is not None:
+        return value.stringValue
+    if value.boolValue is not None:
+        return value.boolValue
+    if value.intValue is not None:
+        return _int64(value.intValue, "intValue", where)
+    if value.doubleValue is not None:
+        double = value.doubleValue
+        if isinstance(double, str):
+            try:
+                double = float(double)  # "NaN", "Infinity", "-Infinity", or a quoted number
+            except ValueError:
+                raise Refusal(400, "invalid_otlp", f"{where()}: doubleValue {double[:40]!r} is not a number") from None
+        return double
+    if value.arrayValue is not None:
+        _check_depth(depth)
+        return [_any_json(v, where, depth + 1) for v in value.arrayValue.values or ()]
+    if value.kvlistValue is not None:
+        return _attributes_json(value.kvlistValue.values, where, depth)
+    if value.bytesValue is not None:
+        return _base64(value.bytesValue, where)
+    return None
+
+
+def _base64(text: str, where) -> str:
+    """Standard base64, as the protobuf path stores bytes; proto3 JSON also allows URL-safe and unpadded."""
+    try:
+        raw = base64.b64decode(text.translate(_URL_SAFE) + "=" * (-len(text) % 4), validate=True)
+    except (ValueError, binascii.Error):
+        raise Refusal(400, "invalid_otlp", f"{where()}: bytesValue {text[:40]!r} is not base64") from None
+    return base64.b64encode(raw).decode()
+
+
+_URL_SAFE = str.maketrans("-_", "+/")
+
+
+def _attributes_json(values: list[KeyValue] | None, where, depth: int) -> dict:
+    _check_depth(depth)
+    return {kv.key: _any_json(kv.value, where, depth + 1) for kv in values or ()}
+
+
+def _hex_json(value: str, size: int, what: str, where) -> str:
+    try:
+        raw = bytes.fromhex(value) if value.isascii() else None
+    except ValueError:
+        raw = None
+    if raw is None or len(value) != 2 * len(raw):
+        raise Refusal(400, "invalid_otlp", f"{where()}: {what} {value[:40]!r} is not hex")
+    return _hex_id(raw, size, what, where)
+
+
+def decode_json(body: bytes, limits: Limits) -> Records:
+    try:
+        return _decode_json(body, limits)
+    except RecursionError:
+        raise _too_deep() from None
+
+
+def _decode_json(body: bytes, limits: Limits) -> Records:
+    small = limits.short_enough(body)  # then no array in it can hold too many elements
+    request = _decode_level(_REQUEST, body, "$")
+    envelopes = _count_envelopes(request.resourceLogs, 0, limits, small)
+    place = _Place(json=True)
+    raws: list[bytes] = []
+    for r, resource_logs in enumerate(_decode_level(_RESOURCE_LOGS, request.resourceLogs, "resourceLogs")):
+        at_r = f"resourceLogs[{r}]"
+        envelopes = _count_envelopes(resource_logs.scopeLogs, envelopes, limits, small)
+        scopes = _decode_level(_SCOPE_LOGS, resource_logs.scopeLogs, f"{at_r}.scopeLogs")
+        resource_attrs = resource_logs.resource.attributes if resource_logs.resource else None
+        resource = _attributes_json(resource_attrs, lambda at_r=at_r: f"{at_r}.resource", 2)
+        for s, scope_logs in enumerate(scopes):
+            logs = scope_logs.logRecords
+            if not small:
+                limits.check_count(len(raws) + count_elements(bytes(logs)))
+            logs = _decode_level(_LOG_RECORDS, logs, f"{at_r}.scopeLogs[{s}].logRecords")
+            place.spans.append((r, s, len(logs)))
+            scope = {}
+            if scope_logs.scope is not None:
+                if scope_logs.scope.name:
+                    scope["name"] = scope_logs.scope.name
+                if scope_logs.scope.version:
+                    scope["version"] = scope_logs.scope.version
+            for log in logs:
+                where = functools.partial(place.locate, len(raws))
+                raws.append(_encode(_record_json(log, resource, scope, where)))
+    return finish(raws, limits, place.locate, trusted=True)
+
+
+def _record_json(log: LogRecord, resource: dict, scope: dict, where) -> dict:
+    record = {}
+    if log.timeUnixNano is not None and (t := _int64(log.timeUnixNano, "timeUnixNano", where, True)):
+        record["time_unix_nano"] = t
+    if log.observedTimeUnixNano is not None and (
+        t := _int64(log.observedTimeUnixNano, "observedTimeUnixNano", where, True)
+    ):
+        record["observed_time_unix_nano"] = t
+    if log.severityNumber:
+        record["severity_number"] = log.severityNumber
+    if log.severityText:
+        record["severity_text"] = log.severityText
+    if log.body is not None and (body := _any_json(log.body, where, 2)) is not None:
+        record["body"] = body
+    if log.attributes:
+        record["attributes"] = _attributes_json(log.attributes, where, 2)
+    if resource:
+        record["resource"] = resource
+    if scope:
+        record["scope"] = scope
+    if log.traceId:
+        record["trace_id"] = _hex_json(log.traceId, 16, "traceId", where)
+    if log.spanId:
+        record["span_id"] = _hex_json(log.spanId, 8, "spanId", where)
+    if log.eventName:
+        record["event_name"] = log.eventName
+    return record
+
+
+# ---------------------------------------------------------------------------------------- routes
+
+
+def routes(gw: Gateway) -> list[Route]:
+    intake = Intake(_decoder)
+
+    async def logs(req: Request) -> Answer:
+        content_type = _answer_type(req.headers.get(b"content-type"))
+        try:
+            await accept(gw, req, intake)
+        except Refusal as refusal:
+            if refusal.code == "empty_body":
+                # OTLP: "If the server receives an empty request ... the server SHOULD respond
+                # with success"; an empty ExportLogsServiceRequest is an empty protobuf body.
+                return Answer(200, _SUCCESS[content_type], content_type)
+            return _status(refusal, content_type)
+        return Answer(200, _SUCCESS[content_type], content_type)
+
+    return [Route("/v1/logs", logs, ("POST",), NAME)]
