@@ -31,7 +31,11 @@ REJECT_REASONS = (
     "record_too_large", "empty_body", "invalid_json", "invalid_utf8", "too_deep", "not_an_object",
     "bad_encoding", "bad_csv", "ring_full", "overloaded", "no_flusher", "lost_claim", "not_found",
     "method_not_allowed", "too_many_records", "body_timeout", "duplicate_header", "invalid_priority",
-    "low_priority", "invalid_msgpack", "bad_multipart", "bad_request", "other",
+    "low_priority", "invalid_msgpack", "bad_multipart", "bad_request",
+    # the shipper protocols' own: OTLP, Elasticsearch bulk, Splunk HEC, Loki
+    "invalid_protobuf", "invalid_otlp", "invalid_action", "invalid_bulk", "no_documents", "channel_missing",
+    "invalid_labels", "invalid_timestamp", "event_required", "event_blank",
+    "other",
 )
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 

@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import importlib
 
-SOURCES = ("native", "seeds", "hec")
-SOURCES = ("native", "seeds", "loki")
-SOURCES = ("native", "seeds", "es_bulk")
-SOURCES = ("native", "seeds", "otlp")
+SOURCES = ("native", "seeds", "otlp", "es_bulk", "hec", "loki")
 
 
 def routes(gateway) -> list:
