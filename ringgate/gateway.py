@@ -93,6 +93,10 @@ class Gateway:
 
     # -- in flight ------------------------------------------------------------------------------
 
+    def release(self, n: int) -> None:
+        """Give back n body bytes that http.body.read_body counted against this worker's budget."""
+        self.inflight_bytes -= n
+
     # -- admission and claim --------------------------------------------------------------------
 
     def admit(self, priority: int) -> None:
