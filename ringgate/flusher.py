@@ -23,7 +23,7 @@ from .metrics import Metrics
 from .process import configure_logging, die_with_supervisor, settings_secrets
 from .ring import ReadBuffers, ReadResult, Ring, segment_name
 from .ring import layout as L
-from .sinks import Batch, Sink, make_sink, sink_label
+from .sinks import Batch, Sink, make_sink, redact, sink_label
 from .sinks.base import Refused
 
 log = logging.getLogger("ringgate.flusher")
@@ -297,9 +297,10 @@ class Flusher:
         except Exception as dlq_exc:
             log.critical(
                 "ring %d: dead-letter store %s cannot be written (%s): stopping; the ring keeps the records",
-                self.ring_index, self.settings.dlq, dlq_exc,
+                self.ring_index, redact(self.settings.dlq), dlq_exc,
             )
-            self.ring.set_sink_reason(f"dead-letter store: {dlq_exc}")
+            # /readyz names the store and the failure class; the log above carries the detail
+            self.ring.set_sink_reason(f"dead-letter store: {getattr(dlq_exc, 'reason', None) or 'unusable'}")
             raise DeadLetterFailure(str(dlq_exc)) from dlq_exc
 
     def _dead_letter_store(self):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
+from time import time_ns
 
 from .. import sources
 from ..config import Settings
@@ -24,6 +25,7 @@ from .request import Request, Route
 log = logging.getLogger("ringgate.http")
 
 _PARAM = re.compile(r"\{(\w+)\}")
+_new_tuple = tuple.__new__
 
 
 class Router:
@@ -101,7 +103,10 @@ class App:
                 answer = json_answer(404, {"error": "not_found", "detail": f"no such endpoint: {scope['path']}"})
         else:
             try:
-                answer = await route.handler(Request(scope, receive, params))
+                raw = scope["headers"]
+                headers = dict(raw)  # Request.of, written out: this runs per request
+                req = _new_tuple(Request, (scope, receive, headers, params, time_ns(), len(headers) != len(raw)))
+                answer = await route.handler(req)
             except Disconnected:
                 return
             except Exception:
@@ -109,9 +114,10 @@ class App:
                 answer = json_answer(500, {"error": "internal_error", "detail": "the gateway failed; see its log"})
             if route.source:
                 self.gateway.metrics.request(answer.status)
-        headers = list(answer.headers)
-        if answer.content_type is not None:
-            headers.append((b"content-type", answer.content_type))
+        if answer.content_type is None:
+            headers = list(answer.headers)
+        else:
+            headers = [(b"content-type", answer.content_type), *answer.headers]
         await send({"type": "http.response.start", "status": answer.status, "headers": headers})
         await send({"type": "http.response.body", "body": b"" if method == "HEAD" else answer.body})
 

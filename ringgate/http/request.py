@@ -12,21 +12,26 @@ SINGLE_HEADERS = (b"authorization", b"content-type", b"content-encoding", b"cont
 """Headers that mean two different requests when repeated (a proxy may check one, we another)."""
 
 
-class Request:
+class Request(NamedTuple):
     """One HTTP request: its ASGI scope and receive, headers as a dict (names are lower case in
-    ASGI), path parameters from the route, and when it arrived."""
+    ASGI), path parameters from the route, when it arrived, and whether a header name came twice.
 
-    __slots__ = ("scope", "receive", "headers", "params", "received_ns", "repeated", "_query")
+    A NamedTuple built by `of` with tuple.__new__: one is made per request, and a class with an
+    __init__ costs a Python frame more."""
 
-    def __init__(self, scope: dict, receive, params: dict[str, str] | None = None) -> None:
-        self.received_ns = time.time_ns()
-        self.scope = scope
-        self.receive = receive
+    scope: dict
+    receive: object
+    headers: dict[bytes, bytes]
+    params: dict[str, str]
+    received_ns: int
+    repeated: bool
+    """Some header name came twice (see repeated_single)."""
+
+    @classmethod
+    def of(cls, scope: dict, receive, params: dict[str, str] | None = None) -> Request:
         raw = scope["headers"]
-        self.headers: dict[bytes, bytes] = dict(raw)
-        self.repeated = len(self.headers) != len(raw)  # some name came twice: see repeated_single
-        self.params = params or {}
-        self._query: dict[str, list[str]] | None = None
+        headers = dict(raw)
+        return _new_tuple(cls, (scope, receive, headers, params or {}, time.time_ns(), len(headers) != len(raw)))
 
     @property
     def method(self) -> str:
@@ -38,10 +43,8 @@ class Request:
 
     def query(self, name: str) -> str | None:
         """The last value of a query parameter, or None."""
-        if self._query is None:
-            raw = self.scope.get("query_string", b"")
-            self._query = parse_qs(raw.decode("latin-1"), keep_blank_values=True) if raw else {}
-        values = self._query.get(name)
+        raw = self.scope.get("query_string", b"")
+        values = parse_qs(raw.decode("latin-1"), keep_blank_values=True).get(name) if raw else None
         return values[-1] if values else None
 
     def repeated_single(self) -> bytes | None:
@@ -60,6 +63,9 @@ class Request:
     def client(self) -> str:
         client = self.scope.get("client")
         return client[0] if client else ""
+
+
+_new_tuple = tuple.__new__
 
 
 class Answer(NamedTuple):
