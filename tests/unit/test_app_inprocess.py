@@ -26,14 +26,16 @@ def app_with_ring(monkeypatch):
     from ringgate.ring import Ring, segment_name
 
     ring = Ring.create(segment_name(instance, 0), 1 << 20)
-    Metrics.create(instance)
-    app = create_app(Settings.from_environ())
-    app.gateway.start()
-    yield app, ring
-    app.gateway.rings[0].close()
-    ring.close()
-    ring.unlink()
-    Metrics.unlink(instance)
+    try:
+        Metrics.create(instance)
+        app = create_app(Settings.from_environ())
+        app.gateway.start()
+        yield app, ring
+        app.gateway.rings[0].close()
+    finally:  # a failing setup must not leave segments in /dev/shm
+        ring.close()
+        ring.unlink()
+        Metrics.unlink(instance)
 
 
 def post(app, body: bytes) -> tuple[int, dict]:
