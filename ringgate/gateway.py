@@ -69,6 +69,7 @@ class Gateway:
         self.own = 0
         self._flusher_seen: dict[int, tuple[float, bool]] = {}
         self._dead_since: dict[int, float] = {}
+        self._served_until: list[float] = []
         self._waiters: list[list[tuple[int, int, asyncio.Future]]] = []  # per ring: heap by position
         self._poller: asyncio.Task | None = None
         self.low_marks: list[tuple[memoryview, int]] = []
@@ -83,6 +84,7 @@ class Gateway:
         count = int(os.environ.get(RING_COUNT_ENV, self.settings.flushers))
         self.rings = [Ring.attach(segment_name(self.settings.instance, i)) for i in range(count)]
         self._waiters = [[] for _ in self.rings]
+        self._served_until = [0.0] * len(self.rings)
         self.metrics = Metrics.attach(self.settings.instance)
         self.own = os.getpid() % len(self.rings)
         smallest = min(r.capacity for r in self.rings)
@@ -119,9 +121,10 @@ class Gateway:
         rings = self.rings
         status = L.CLAIM_FULL
         served_any = False
+        now = time.monotonic()
         for k in range(len(rings)):
             index = (self.own + k) % len(rings)
-            if not self.ring_served(index):
+            if now >= self._served_until[index] and not self._recheck_served(index, now):
                 continue
             served_any = True
             status, first, next_ = rings[index].claim_commit(records.blob, records.lengths, received_ns)
@@ -150,6 +153,18 @@ class Gateway:
             self._dead_since.pop(index, None)
         self._flusher_seen[index] = (now, alive)
         return alive
+
+    def _recheck_served(self, index: int, now: float) -> bool:
+        """ring_served, remembered for 100 ms when true: store() then skips the calls per request."""
+        served = self.ring_served(index)
+        if served:
+            self._served_until[index] = now + 0.1
+        return served
+
+    def forget_flusher_checks(self) -> None:
+        """Look at the flushers again on the next request (tests that swap a ring's flusher pid)."""
+        self._flusher_seen.clear()
+        self._served_until = [0.0] * len(self.rings)
 
     def ring_served(self, index: int) -> bool:
         """A ring is served while its flusher lives, or died recently (the supervisor restarts it)."""

@@ -55,6 +55,9 @@ def _columns() -> dict[str, int]:
 COLUMN = _columns()
 _STATUS_COLUMN = {code: COLUMN[f"requests_total:{code}"] for code in STATUS_CODES}
 _OTHER_STATUS_COLUMN = COLUMN["requests_total:other"]
+STATUS_COLUMN_OF = [_STATUS_COLUMN.get(code, _OTHER_STATUS_COLUMN) for code in range(600)]
+"""HTTP status → its requests_total column, for `row[STATUS_COLUMN_OF[status]] += 1` per request."""
+ACCEPTED_COLUMN = COLUMN["records_accepted_total"]
 _OTHER_REASON_COLUMN = COLUMN["records_rejected_total:other"]  # a source's own codes, until listed
 
 
@@ -78,6 +81,9 @@ class Metrics:
             os.close(fd)
         self._table = table
         self._row = memoryview(self._mm).cast("q")[row * COUNTERS : (row + 1) * COUNTERS]
+        self.row = self._row
+        """This process's counters, for the per-request increments that cannot afford a call
+        (the HTTP path: ACCEPTED_COLUMN, STATUS_COLUMN_OF); a single writer, so `+=` is enough."""
 
     @classmethod
     def create(cls, instance: str) -> None:

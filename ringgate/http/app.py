@@ -15,6 +15,7 @@ from time import time_ns
 from .. import sources
 from ..config import Settings
 from ..gateway import Gateway
+from ..metrics import STATUS_COLUMN_OF
 from ..process import configure_logging, die_with_supervisor
 from ..ring import RingError
 from . import status
@@ -113,7 +114,7 @@ class App:
                 log.exception("%s %s failed", method, scope["path"])
                 answer = json_answer(500, {"error": "internal_error", "detail": "the gateway failed; see its log"})
             if route.source:
-                self.gateway.metrics.request(answer.status)
+                self.gateway.metrics.row[STATUS_COLUMN_OF[answer.status]] += 1
         if answer.content_type is None:
             headers = list(answer.headers)
         else:

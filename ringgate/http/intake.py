@@ -24,6 +24,7 @@ from ..codecs import Decoder, Encoding, Records, check_not_empty, compression
 from ..codecs.json import parse_priority
 from ..errors import Refusal
 from ..gateway import Gateway, Stored
+from ..metrics import ACCEPTED_COLUMN
 from ..ring import FREE_WORD, PRODUCER_WORD
 from .body import read_body
 from .request import Answer, Request
@@ -113,7 +114,7 @@ async def accept(gw: Gateway, req: Request, intake: Intake) -> Accepted:
         if gw.metrics is not None:
             gw.metrics.rejected(refusal.code, records.count if records is not None else 1)
         raise
-    gw.metrics.inc("records_accepted_total", stored.count)
+    gw.metrics.row[ACCEPTED_COLUMN] += stored.count
     if intake.ack_commit and req.scope.get("query_string") and req.query("ack") == "commit":
         return Accepted(stored, client, await gw.wait_committed(stored))
     return _new_tuple(Accepted, (stored, client, None))  # no NamedTuple __new__ frame per request

@@ -60,10 +60,10 @@ def test_records_go_in_while_the_flusher_lives_or_was_just_lost_then_503(app_wit
     ring.flusher_pid = os.getpid()  # alive
     assert post(app, b'[{"a":1}]')[0] == 202
     ring.flusher_pid = dead.pid  # gone: the supervisor is restarting it, the ring keeps records
-    app.gateway._flusher_seen.clear()
+    app.gateway.forget_flusher_checks()
     assert post(app, b'[{"a":2}]')[0] == 202
     monkeypatch.setattr(gateway_module, "FLUSHER_GRACE_S", 0.0)  # ... for longer than the grace period
-    app.gateway._flusher_seen.clear()
+    app.gateway.forget_flusher_checks()
     status, body = post(app, b'[{"a":3}]')
     assert status == 503 and body["error"] == "no_flusher"
     assert ring.producer_position > 0 and post(app, b"[1]")[0] == 400  # checks come first
@@ -74,7 +74,7 @@ def test_readyz_names_a_ring_without_a_live_flusher(app_with_ring):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     ring.flusher_pid = dead.pid
-    app.gateway._flusher_seen.clear()
+    app.gateway.forget_flusher_checks()
     messages = []
 
     async def receive():
