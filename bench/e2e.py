@@ -425,10 +425,13 @@ class Server:
 
 
 def run_wrk(port: int, body_file: str, concurrency: int, duration: float, threads: int,
-            retry_after_ms: int = 0) -> dict:
+            retry_after_ms: int = 0, path: str = "/v1/ingest", content_type: str = "application/json",
+            headers: dict[str, str] | None = None, backoff: tuple[int, ...] = (429,)) -> dict:
     cmd = ["wrk", f"-t{min(threads, concurrency)}", f"-c{concurrency}", f"-d{duration:g}s", "--timeout", "10s",
-           "-s", str(LUA), f"http://127.0.0.1:{port}/v1/ingest"]
-    env = dict(os.environ, WRK_BODY_FILE=body_file)
+           "-s", str(LUA), f"http://127.0.0.1:{port}{path}"]
+    env = dict(os.environ, WRK_BODY_FILE=body_file, WRK_CONTENT_TYPE=content_type,
+               WRK_HEADERS="\n".join(f"{k}: {v}" for k, v in (headers or {}).items()),
+               WRK_BACKOFF_STATUSES=",".join(map(str, backoff)))
     if retry_after_ms:
         env["WRK_RETRY_AFTER_MS"] = str(retry_after_ms)
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -482,6 +485,50 @@ def wait_committed(server: Server, target: int, timeout: float) -> tuple[int, fl
         time.sleep(0.2)
 
 
+def measure(point: Point, server: Server, pg: Postgres | S3 | None, body_file: str, args, **wrk) -> int:
+    """One load point: wrk for --duration seconds at point.concurrency (`wrk`: run_wrk's path, headers,
+    ...), its answers, the sink's count before and after and the CPU the processes used, into
+    `point`; returns the records acknowledged."""
+    n = point.records_per_request
+    before = server.committed()
+    pids = server.pids()
+    flushers = [pid for pid in pids if is_flusher(pid)]
+    cpu0, fl0 = cpu_seconds(pids), cpu_seconds(flushers)
+    pg0 = pg.cpu_seconds() if pg else 0.0
+    t0 = time.monotonic()
+    out = run_wrk(server.port, body_file, point.concurrency, args.duration, args.wrk_threads, args.retry_after_ms,
+                  **wrk)
+    t1 = time.monotonic()
+    cpu1, fl1 = cpu_seconds(pids), cpu_seconds(flushers)
+    pg1 = pg.cpu_seconds() if pg else 0.0
+    after = server.committed() if server.counter else None
+    statuses = {int(k): v for k, v in out["statuses"].items()}
+    ok = sum(v for k, v in statuses.items() if 200 <= k < 300)
+    point.statuses = statuses
+    point.duration_s = out["duration_us"] / 1e6
+    point.requests = out["requests"]
+    point.status_2xx = ok
+    point.status_429 = statuses.get(429, 0)
+    point.status_other = out["requests"] - ok - point.status_429
+    errors = out["errors"]
+    point.socket_errors = errors["connect"] + errors["read"] + errors["write"] + errors["timeout"]
+    point.acked_per_s = ok * n / point.duration_s
+    point.p50_ms = out["latency_us"]["p50"] / 1000
+    point.p99_ms = out["latency_us"]["p99"] / 1000
+    point.rate_429 = point.status_429 / out["requests"] if out["requests"] else 0.0
+    if ok:
+        point.server_cpu_s_per_m = (cpu1 - cpu0) / (ok * n) * 1e6
+        if flushers:
+            point.flusher_cpu_s_per_m = (fl1 - fl0) / (ok * n) * 1e6
+        if isinstance(pg, S3):
+            point.moto_cpu_s_per_m = (pg1 - pg0) / (ok * n) * 1e6
+        elif pg is not None and pg.server is not None:
+            point.postgres_cpu_s_per_m = (pg1 - pg0) / (ok * n) * 1e6
+    if after is not None:
+        point.committed_per_s = (after - before) / (t1 - t0)
+    return ok * n
+
+
 def load_server(server: Server, args, bodies: dict[int, str], sink_label: str, pg: Postgres | S3 | None,
                 results: list[Point]) -> dict:
     """Start, warm up, run every load point, stop; returns the server's totals."""
@@ -498,43 +545,9 @@ def load_server(server: Server, args, bodies: dict[int, str], sink_label: str, p
         for n, body_file in bodies.items():
             for c in args.concurrency:
                 point = Point(sink_label, server.label, server.kind, server.workers, n, c, server.flushers)
-                before = server.committed()
-                pids = server.pids()
-                flushers = [pid for pid in pids if is_flusher(pid)]
-                cpu0, fl0 = cpu_seconds(pids), cpu_seconds(flushers)
-                pg0 = pg.cpu_seconds() if pg else 0.0
-                t0 = time.monotonic()
-                out = run_wrk(server.port, body_file, c, args.duration, args.wrk_threads, args.retry_after_ms)
-                t1 = time.monotonic()
-                cpu1, fl1 = cpu_seconds(pids), cpu_seconds(flushers)
-                pg1 = pg.cpu_seconds() if pg else 0.0
-                after = server.committed() if server.counter else None
-                statuses = {int(k): v for k, v in out["statuses"].items()}
-                ok = sum(v for k, v in statuses.items() if 200 <= k < 300)
-                point.statuses = statuses
-                point.duration_s = out["duration_us"] / 1e6
-                point.requests = out["requests"]
-                point.status_2xx = ok
-                point.status_429 = statuses.get(429, 0)
-                point.status_other = out["requests"] - ok - point.status_429
-                errors = out["errors"]
-                point.socket_errors = errors["connect"] + errors["read"] + errors["write"] + errors["timeout"]
-                point.acked_per_s = ok * n / point.duration_s
-                point.p50_ms = out["latency_us"]["p50"] / 1000
-                point.p99_ms = out["latency_us"]["p99"] / 1000
-                point.rate_429 = point.status_429 / out["requests"] if out["requests"] else 0.0
-                if ok:
-                    point.server_cpu_s_per_m = (cpu1 - cpu0) / (ok * n) * 1e6
-                    if flushers:
-                        point.flusher_cpu_s_per_m = (fl1 - fl0) / (ok * n) * 1e6
-                    if isinstance(pg, S3):
-                        point.moto_cpu_s_per_m = (pg1 - pg0) / (ok * n) * 1e6
-                    elif pg is not None and pg.server is not None:
-                        point.postgres_cpu_s_per_m = (pg1 - pg0) / (ok * n) * 1e6
-                acked += ok * n
+                acked += measure(point, server, pg, body_file, args)
                 in_flight += c * n
-                if after is not None:
-                    point.committed_per_s = (after - before) / (t1 - t0)
+                if point.committed_per_s is not None:
                     _, point.drained_s = wait_committed(server, acked, args.drain_timeout)
                 results.append(point)
                 print(_row(point), flush=True)
