@@ -55,7 +55,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
@@ -889,6 +889,252 @@ def _frame_name(frame: str, keep_line: bool = False) -> str:
     return f"{name} ({path})" if path else name
 
 
+# -- protocols: the same records through each shipper protocol's endpoint, one server, same run ----
+
+
+@dataclass
+class Protocol:
+    name: str
+    path: str
+    content_type: str  # "" sends none (HEC clients send none)
+    body: bytes
+    status: int  # the success answer
+    success: bytes = b""  # what a success answer's body holds (a wrong body would measure errors)
+    headers: dict = field(default_factory=dict)
+    backoff: tuple[int, ...] = (429, 503)  # the protocol's backpressure answers (HEC's busy is 503)
+
+
+def _any_value(value):
+    from opentelemetry.proto.common.v1 import common_pb2 as c
+
+    if isinstance(value, bool):
+        return c.AnyValue(bool_value=value)
+    if isinstance(value, int):
+        return c.AnyValue(int_value=value)
+    if isinstance(value, float):
+        return c.AnyValue(double_value=value)
+    if isinstance(value, str):
+        return c.AnyValue(string_value=value)
+    if isinstance(value, dict):
+        return c.AnyValue(kvlist_value=c.KeyValueList(
+            values=[c.KeyValue(key=k, value=_any_value(v)) for k, v in value.items()]))
+    return c.AnyValue(array_value=c.ArrayValue(values=[_any_value(v) for v in value]))
+
+
+def protocol_bodies(n: int) -> list[Protocol]:
+    """make_records(n) in each protocol, as its shippers send them: /v1/ingest `{"records": [...]}`
+    (the baseline); OTLP: one LogRecord per record, the record as its body (a kvlist AnyValue), one
+    resource and scope, in protobuf and in the OTLP JSON mapping; ES bulk: `{"create":{"_index"}}`
+    before each document (Beats, Fluent Bit, Vector); HEC: one envelope a line, the record as
+    `event`, no Content-Type; Loki: 4 streams of n/4 lines, each line the record's JSON text, as JSON
+    and as a snappy PushRequest."""
+    import cramjam
+    from google.protobuf import json_format
+    from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
+    from opentelemetry.proto.common.v1 import common_pb2 as c
+    from opentelemetry.proto.logs.v1 import logs_pb2
+    from opentelemetry.proto.resource.v1 import resource_pb2
+
+    sys.path.insert(0, str(ROOT))
+    from ringgate.sources._loki_push_pb2 import PushRequest
+
+    records = make_records(n)
+    values = [json.loads(r) for r in records]
+    base_ns = 1_764_600_000_000_000_000
+    otlp = logs_service_pb2.ExportLogsServiceRequest(resource_logs=[logs_pb2.ResourceLogs(
+        resource=resource_pb2.Resource(attributes=[
+            c.KeyValue(key="service.name", value=c.AnyValue(string_value="bench")),
+            c.KeyValue(key="host.name", value=c.AnyValue(string_value="web-1"))]),
+        scope_logs=[logs_pb2.ScopeLogs(scope=c.InstrumentationScope(name="bench.e2e", version="1"), log_records=[
+            logs_pb2.LogRecord(time_unix_nano=base_ns + i * 1000, severity_number=9, severity_text="INFO",
+                               body=_any_value(v))
+            for i, v in enumerate(values)])])])
+    otlp_json = json.dumps(json_format.MessageToDict(otlp, use_integers_for_enums=True),
+                           separators=(",", ":")).encode()
+    streams = 4
+    per = -(-n // streams)
+    loki_streams = [({"job": "bench", "host": f"web-{s}"},
+                     [(base_ns + i * 1000, records[i].decode()) for i in range(s * per, min(n, (s + 1) * per))])
+                    for s in range(streams)]
+    loki_json = json.dumps({"streams": [{"stream": labels, "values": [[str(ts), line] for ts, line in entries]}
+                                        for labels, entries in loki_streams if entries]},
+                           separators=(",", ":")).encode()
+    push = PushRequest()
+    for labels, entries in loki_streams:
+        if entries:
+            stream = push.streams.add(labels="{" + ", ".join(f'{k}="{v}"' for k, v in labels.items()) + "}")
+            for ts, line in entries:
+                stream.entries.add(line=line).timestamp.FromNanoseconds(ts)
+    return [
+        Protocol("/v1/ingest JSON", "/v1/ingest", "application/json", make_body(n), 202, b'"accepted"'),
+        Protocol("OTLP protobuf", "/v1/logs", "application/x-protobuf", otlp.SerializeToString(), 200),
+        Protocol("OTLP JSON", "/v1/logs", "application/json", otlp_json, 200),
+        Protocol("ES bulk", "/_bulk", "application/x-ndjson",
+                 b"".join(b'{"create":{"_index":"bench"}}\n' + r + b"\n" for r in records), 200, b'"errors":false'),
+        Protocol("HEC event", "/services/collector/event", "",
+                 b"\n".join(b'{"time":%d.%03d,"host":"web-1","sourcetype":"_json","event":%b}'
+                            % (1_764_600_000 + i // 1000, i % 1000, r) for i, r in enumerate(records)),
+                 200, b'"code":0'),
+        Protocol("Loki JSON", "/loki/api/v1/push", "application/json", loki_json, 204),
+        Protocol("Loki protobuf+snappy", "/loki/api/v1/push", "application/x-protobuf",
+                 bytes(cramjam.snappy.compress_raw(push.SerializeToString())), 204),
+    ]
+
+
+def check_protocol(server: Server, proto: Protocol, n: int, timeout: float) -> None:
+    """One request of the protocol's body: its success answer (status and body), then exactly n more
+    lines in the sink, so that the load point counts one stored line per record and nothing else."""
+    before = server.committed()
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    try:
+        headers = {**({"Content-Type": proto.content_type} if proto.content_type else {}), **proto.headers}
+        conn.request("POST", proto.path, body=proto.body, headers=headers)
+        resp = conn.getresponse()
+        answer = resp.read()
+    finally:
+        conn.close()
+    if resp.status != proto.status or proto.success not in answer:
+        raise RuntimeError(f"{proto.name}: {proto.path} answered {resp.status} {answer[:300]!r}, "
+                           f"not {proto.status} with {proto.success!r}")
+    have, _ = wait_committed(server, before + n, timeout)
+    time.sleep(0.5)  # a second flush of the same request would show now
+    have = server.committed()
+    if have != before + n:
+        raise RuntimeError(f"{proto.name}: one request of {n} records stored {have - before} lines")
+
+
+@dataclass
+class ProtocolPoint(Point):
+    protocol: str = ""
+    path: str = ""
+    body_bytes: int = 0
+    expected_status: int = 0
+    refused: int = 0  # the protocol's backpressure answers (429, 503)
+    unexpected: dict = field(default_factory=dict)  # statuses neither success nor backpressure
+    stored_after_drain: int | None = None  # the sink's count after the drain, minus before the point
+    acked: int = 0
+
+
+def run_protocols(args) -> dict:
+    """`ringgate serve` (default settings but the file sink, args.workers[-1] HTTP workers), then per
+    concurrency, each protocol one after another: wrk for --duration seconds, then wait until all
+    it acknowledged is in the files. Ratios are to /v1/ingest at the same concurrency."""
+    n = args.protocol_records
+    workdir = tempfile.mkdtemp(prefix="ringgate-e2e-protocols-")
+    protocols = protocol_bodies(n)
+    files = {}
+    for i, proto in enumerate(protocols):
+        files[proto.name] = os.path.join(workdir, f"protocol-{i}.body")
+        Path(files[proto.name]).write_bytes(proto.body)
+    if args.warm_memory_gib > 0:
+        warm_guest_memory(args.warm_memory_gib)
+    info = machine()
+    info["warm_memory_gib"] = args.warm_memory_gib
+    info["body_bytes"] = {p.name: len(p.body) for p in protocols}
+    print(json.dumps(info), flush=True)
+    points: list[ProtocolPoint] = []
+    started = time.monotonic()
+    server = Server("ringgate", args.workers[-1], "file", workdir)
+    print(f"\n== file: {server.label} on port {server.port}, {n} records per request", flush=True)
+    server.start()
+    acked = 1  # the readiness probe's record
+    try:
+        warm = run_wrk(server.port, files[protocols[0].name], 16, args.warmup, args.wrk_threads)
+        acked += sum(v for k, v in warm["statuses"].items() if k.startswith("2")) * n
+        wait_committed(server, acked, args.drain_timeout)
+        for proto in protocols:
+            check_protocol(server, proto, n, 30)
+            acked += n
+        print(f"   each protocol's answer is {', '.join(f'{p.name} {p.status}' for p in protocols)}, "
+              f"and one request stores {n} lines", flush=True)
+        print(PROTOCOL_HEADER, flush=True)
+        for c in args.concurrency:
+            # /v1/ingest again at the end: how far the shared machine drifted while the others ran
+            for proto in [*protocols, replace(protocols[0], name=protocols[0].name + " (again)")]:
+                point = ProtocolPoint("file", server.label, server.kind, server.workers, n, c, protocol=proto.name,
+                                      path=proto.path, body_bytes=len(proto.body), expected_status=proto.status)
+                before = server.committed()
+                point.acked = measure(point, server, None, files[proto.name.removesuffix(" (again)")], args,
+                                      path=proto.path,
+                                      content_type=proto.content_type, headers=proto.headers, backoff=proto.backoff)
+                acked += point.acked
+                point.refused = sum(point.statuses.get(s, 0) for s in proto.backoff)
+                point.unexpected = {status: count for status, count in point.statuses.items()
+                                    if status != proto.status and status not in proto.backoff}
+                have, point.drained_s = wait_committed(server, acked, args.drain_timeout)
+                point.stored_after_drain = have - before
+                points.append(point)
+                print(_protocol_row(point), flush=True)
+                if point.unexpected or point.socket_errors:
+                    print(f"   WARNING {proto.name}: unexpected statuses {point.unexpected}, "
+                          f"{point.socket_errors} socket errors\n{server.log()}", flush=True)
+    finally:
+        code, stop_s = server.stop(args.drain_timeout + 60)
+    stored = server.committed()
+    shutil.rmtree(workdir, ignore_errors=True)
+    totals = {"server": server.label, "sink": "file", "acked": acked, "stored": stored, "lost": max(0, acked - stored),
+              "exit": code, "stop_s": round(stop_s, 2)}
+    print(f"   stopped: exit {code} after {stop_s:.1f}s; acknowledged {acked:,}, stored {stored:,}", flush=True)
+    document = {"mode": "protocols", "machine": info, "args": dict(vars(args)),
+                "elapsed_s": round(time.monotonic() - started, 1), "servers": [totals],
+                "points": [asdict(p) for p in points], "loadavg_at_end": os.getloadavg()}
+    print("\n" + markdown_protocols(document))
+    return document
+
+
+PROTOCOL_HEADER = (f"   {'protocol':22} {'conc':>4} {'acked rec/s':>12} {'committed/s':>12} {'p50 ms':>7} "
+                   f"{'p99 ms':>7} {'429/503 %':>9} {'other':>6} {'cpu s/M':>7} {'drain s':>7}")
+
+
+def _protocol_row(p: ProtocolPoint) -> str:
+    refused = p.refused / p.requests * 100 if p.requests else 0.0
+    return (f"   {p.protocol:22} {p.concurrency:4d} {p.acked_per_s:12,.0f} {_fmt(p.committed_per_s):>12} "
+            f"{p.p50_ms:7.2f} {p.p99_ms:7.2f} {refused:9.1f} {sum(p.unexpected.values()) + p.socket_errors:6d} "
+            f"{_fmt(p.server_cpu_s_per_m, '.2f'):>7} {_fmt(p.drained_s, '.1f'):>7}")
+
+
+def markdown_protocols(document: dict) -> str:
+    """The protocols run as a Markdown table: per concurrency and protocol, the rates and their ratio
+    to /v1/ingest at the same concurrency (the mean of its runs first and last)."""
+    m = document["machine"]
+    points = document["points"]
+    out = [f"Run of {m['date']}, commit {m['commit']}, ring {m['ring_impl']}, {m['cores']} cores ({m['cpu']}), "
+           f"load average {'/'.join(f'{x:.1f}' for x in m['loadavg_at_start'])} at start, "
+           f"{'/'.join(f'{x:.1f}' for x in document['loadavg_at_end'])} at end, {document['elapsed_s']:.0f} s; "
+           f"{points[0]['server'] if points else '?'}, file sink, {points[0]['records_per_request'] if points else '?'} "
+           f"records per request, {document['args']['duration']:g} s per point, --retry-after-ms "
+           f"{document['args'].get('retry_after_ms', 0)}.", "",
+           "| protocol | endpoint | body B | conc | acked rec/s | committed rec/s | committed / /v1/ingest | p50 ms "
+           "| p99 ms | 429/503 % | other answers | server CPU s/M | CPU / /v1/ingest |",
+           "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    base: dict[int, dict[str, float]] = {}
+    for c in {p["concurrency"] for p in points}:
+        runs = [p for p in points if p["concurrency"] == c and p["protocol"].startswith("/v1/ingest JSON")]
+        for key in ("committed_per_s", "server_cpu_s_per_m"):
+            got = [p[key] for p in runs if p[key]]
+            base.setdefault(c, {})[key] = sum(got) / len(got) if got else None
+    for p in points:
+        b = base[p["concurrency"]]
+        ratio = p["committed_per_s"] / b["committed_per_s"] if b["committed_per_s"] and p["committed_per_s"] else None
+        cpu = (p["server_cpu_s_per_m"] / b["server_cpu_s_per_m"]
+               if b["server_cpu_s_per_m"] and p["server_cpu_s_per_m"] else None)
+        refused = p["refused"] / p["requests"] * 100 if p["requests"] else 0.0
+        other = sum(p["unexpected"].values()) + p["socket_errors"]
+        out.append(f"| {p['protocol']} | `{p['path']}` ({p['expected_status']}) | {p['body_bytes']:,} | "
+                   f"{p['concurrency']} | {p['acked_per_s']:,.0f} | {_fmt(p['committed_per_s'])} | "
+                   f"{_fmt(ratio, '.2f')} | {p['p50_ms']:.2f} | {p['p99_ms']:.2f} | {refused:.1f} | {other} | "
+                   f"{_fmt(p['server_cpu_s_per_m'], '.2f')} | {_fmt(cpu, '.2f')} |")
+    t = document["servers"][0]
+    undrained = [p["protocol"] for p in points if p["drained_s"] is None]
+    out += ["", "Ratios are to the mean of /v1/ingest's two runs at the same concurrency (first and last). "
+            f"After the drain (SIGTERM, exit {t['exit']}): acknowledged {t['acked']:,}, stored {t['stored']:,}"
+            + (f" (LOST {t['lost']:,})" if t["lost"] else "") + "; "
+            + (f"NOT everything acknowledged was in the files within --drain-timeout after {', '.join(undrained)}; "
+               if undrained else "after each point the files held everything acknowledged so far, ")
+            + "seconds to drain per point: " + ", ".join(_fmt(p["drained_s"], ".1f") for p in points) + "."]
+    return "\n".join(out)
+
+
 # -- markdown (for bench/RESULTS.md) ----------------------------------------------------------------
 
 
@@ -960,13 +1206,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--flushers", type=_ints, default=[1], help="ringgate flushers to try: 1,2")
     parser.add_argument("--records", type=_ints, default=[100, 1], help="records per request: 100,1")
     parser.add_argument("--concurrency", type=_ints, default=[16, 64], help="wrk connections: 16,64")
-    parser.add_argument("--duration", type=float, default=10.0, help="seconds per load point")
+    parser.add_argument("--duration", type=float, default=None, help="seconds per load point (10; --protocols: 8)")
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--repeat", type=int, default=1, help="run the whole sequence this many times (median)")
     parser.add_argument("--wrk-threads", type=int, default=1)
-    parser.add_argument("--retry-after-ms", type=int, default=0,
-                        help="delay one request by this long per 429, as clients honouring Retry-After do "
-                             "(0: plain closed-loop wrk, the default)")
+    parser.add_argument("--retry-after-ms", type=int, default=None,
+                        help="delay one request by this long per 429 (and, with --protocols, 503), as clients "
+                             "honouring Retry-After do (0: plain closed-loop wrk, the default; --protocols: 1000)")
     parser.add_argument("--copy-connections", type=_ints, default=[1, 2])
     parser.add_argument("--drain-timeout", type=float, default=120.0)
     parser.add_argument("--json-out", default=None)
@@ -975,16 +1221,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", default=None, metavar="DIR", help="py-spy ringgate under load instead")
     parser.add_argument("--profile-rate", type=int, default=250)
     parser.add_argument("--profile-native", action="store_true")
+    parser.add_argument("--protocols", action="store_true",
+                        help="ringgate alone (the last --workers, file sink): the same records through /v1/ingest "
+                             "and each shipper protocol's endpoint, one after another, per --concurrency")
+    parser.add_argument("--protocol-records", type=int, default=100, help="records per request with --protocols")
     parser.add_argument("--report", default=None, metavar="JSON",
                         help="print the Markdown tables of an earlier run's --json-out and exit")
     args = parser.parse_args(argv)
     if args.report:
-        print(markdown(json.loads(Path(args.report).read_text())))
+        document = json.loads(Path(args.report).read_text())
+        print(markdown_protocols(document) if document.get("mode") == "protocols" else markdown(document))
+        return 0
+    if args.duration is None:
+        args.duration = 8.0 if args.protocols else 10.0
+    if args.retry_after_ms is None:
+        args.retry_after_ms = 1000 if args.protocols else 0
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk not found: apt-get install -y wrk")
+    if args.protocols:
+        if any(s != "file" for s in args.sink or ["file"]):
+            raise SystemExit("--protocols measures the file sink only")
+        document = run_protocols(args)
+        if args.json_out:
+            Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json_out).write_text(json.dumps(document, indent=1, default=str))
         return 0
     sinks = args.sink or ["file"]
     kinds = [k for k in args.servers.split(",") if k]
-    if shutil.which("wrk") is None:
-        raise SystemExit("wrk not found: apt-get install -y wrk")
 
     workdir = tempfile.mkdtemp(prefix="ringgate-e2e-")
     bodies = {}
