@@ -5,6 +5,7 @@
     python bench/e2e.py --sink postgresql://user@127.0.0.1:5432/db   # an existing server
     python bench/e2e.py --sink file --sink s3             # + S3 protocol (a throwaway moto server)
     python bench/e2e.py --profile /tmp/prof               # py-spy over ringgate under load
+    python bench/e2e.py --protocols --sink file           # each shipper protocol beside /v1/ingest (~3 min)
 
 Servers (each on loopback, started, loaded, stopped and drained before the next one starts):
 - ceiling (files): `bench/baselines/bare_granian.py`, Granian ASGI decoding the body with msgspec
@@ -35,7 +36,17 @@ each, after a short warm-up. Per load point:
   are not; `extra` any stored beyond what was acknowledged).
 
 Ratios: ringgate / ceiling and ringgate / baseline on committed records/s (acknowledged for the
-bare Granian ceiling, which stores nothing). Output: a table, then one JSON document (also
+bare Granian ceiling, which stores nothing).
+
+--protocols: one `ringgate serve` (the last --workers, 2 by default; file sink; default settings
+otherwise) and the same --protocol-records records (make_records) per request in each protocol
+(protocol_bodies): /v1/ingest JSON, OTLP protobuf and OTLP JSON (/v1/logs), ES bulk (/_bulk),
+HEC event, Loki JSON and Loki protobuf+snappy, then /v1/ingest again (the drift of a shared
+machine), one after another at each --concurrency, --duration 8 s each, Retry-After honoured
+(1000 ms per 429 or 503). Before the load, one request of each is checked: its success status and
+body, and exactly that many more lines in the files. Per point the same columns as above plus the
+answers that were neither success nor backpressure (a wrong body would measure errors); ratios to
+/v1/ingest (the mean of its two runs) on committed records/s and on server CPU per record. Output: a table, then one JSON document (also
 written to --json-out). Every load loop is bounded: wrk by --duration, waits by --drain-timeout.
 """
 
