@@ -5,6 +5,7 @@
     python bench/e2e.py --sink postgresql://user@127.0.0.1:5432/db   # an existing server
     python bench/e2e.py --sink file --sink s3             # + S3 protocol (a throwaway moto server)
     python bench/e2e.py --profile /tmp/prof               # py-spy over ringgate under load
+    python bench/e2e.py --protocols --sink file           # each shipper protocol beside /v1/ingest (~3 min)
 
 Servers (each on loopback, started, loaded, stopped and drained before the next one starts):
 - ceiling (files): `bench/baselines/bare_granian.py`, Granian ASGI decoding the body with msgspec
@@ -35,7 +36,17 @@ each, after a short warm-up. Per load point:
   are not; `extra` any stored beyond what was acknowledged).
 
 Ratios: ringgate / ceiling and ringgate / baseline on committed records/s (acknowledged for the
-bare Granian ceiling, which stores nothing). Output: a table, then one JSON document (also
+bare Granian ceiling, which stores nothing).
+
+--protocols: one `ringgate serve` (the last --workers, 2 by default; file sink; default settings
+otherwise) and the same --protocol-records records (make_records) per request in each protocol
+(protocol_bodies): /v1/ingest JSON, OTLP protobuf and OTLP JSON (/v1/logs), ES bulk (/_bulk),
+HEC event, Loki JSON and Loki protobuf+snappy, then /v1/ingest again (the drift of a shared
+machine), one after another at each --concurrency, --duration 8 s each, Retry-After honoured
+(1000 ms per 429 or 503). Before the load, one request of each is checked: its success status and
+body, and exactly that many more lines in the files. Per point the same columns as above plus the
+answers that were neither success nor backpressure (a wrong body would measure errors); ratios to
+/v1/ingest (the mean of its two runs) on committed records/s and on server CPU per record. Output: a table, then one JSON document (also
 written to --json-out). Every load loop is bounded: wrk by --duration, waits by --drain-timeout.
 """
 
@@ -55,7 +66,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
@@ -425,10 +436,13 @@ class Server:
 
 
 def run_wrk(port: int, body_file: str, concurrency: int, duration: float, threads: int,
-            retry_after_ms: int = 0) -> dict:
+            retry_after_ms: int = 0, path: str = "/v1/ingest", content_type: str = "application/json",
+            headers: dict[str, str] | None = None, backoff: tuple[int, ...] = (429,)) -> dict:
     cmd = ["wrk", f"-t{min(threads, concurrency)}", f"-c{concurrency}", f"-d{duration:g}s", "--timeout", "10s",
-           "-s", str(LUA), f"http://127.0.0.1:{port}/v1/ingest"]
-    env = dict(os.environ, WRK_BODY_FILE=body_file)
+           "-s", str(LUA), f"http://127.0.0.1:{port}{path}"]
+    env = dict(os.environ, WRK_BODY_FILE=body_file, WRK_CONTENT_TYPE=content_type,
+               WRK_HEADERS="\n".join(f"{k}: {v}" for k, v in (headers or {}).items()),
+               WRK_BACKOFF_STATUSES=",".join(map(str, backoff)))
     if retry_after_ms:
         env["WRK_RETRY_AFTER_MS"] = str(retry_after_ms)
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -482,6 +496,50 @@ def wait_committed(server: Server, target: int, timeout: float) -> tuple[int, fl
         time.sleep(0.2)
 
 
+def measure(point: Point, server: Server, pg: Postgres | S3 | None, body_file: str, args, **wrk) -> int:
+    """One load point: wrk for --duration seconds at point.concurrency (`wrk`: run_wrk's path, headers,
+    ...), its answers, the sink's count before and after and the CPU the processes used, into
+    `point`; returns the records acknowledged."""
+    n = point.records_per_request
+    before = server.committed()
+    pids = server.pids()
+    flushers = [pid for pid in pids if is_flusher(pid)]
+    cpu0, fl0 = cpu_seconds(pids), cpu_seconds(flushers)
+    pg0 = pg.cpu_seconds() if pg else 0.0
+    t0 = time.monotonic()
+    out = run_wrk(server.port, body_file, point.concurrency, args.duration, args.wrk_threads, args.retry_after_ms,
+                  **wrk)
+    t1 = time.monotonic()
+    cpu1, fl1 = cpu_seconds(pids), cpu_seconds(flushers)
+    pg1 = pg.cpu_seconds() if pg else 0.0
+    after = server.committed() if server.counter else None
+    statuses = {int(k): v for k, v in out["statuses"].items()}
+    ok = sum(v for k, v in statuses.items() if 200 <= k < 300)
+    point.statuses = statuses
+    point.duration_s = out["duration_us"] / 1e6
+    point.requests = out["requests"]
+    point.status_2xx = ok
+    point.status_429 = statuses.get(429, 0)
+    point.status_other = out["requests"] - ok - point.status_429
+    errors = out["errors"]
+    point.socket_errors = errors["connect"] + errors["read"] + errors["write"] + errors["timeout"]
+    point.acked_per_s = ok * n / point.duration_s
+    point.p50_ms = out["latency_us"]["p50"] / 1000
+    point.p99_ms = out["latency_us"]["p99"] / 1000
+    point.rate_429 = point.status_429 / out["requests"] if out["requests"] else 0.0
+    if ok:
+        point.server_cpu_s_per_m = (cpu1 - cpu0) / (ok * n) * 1e6
+        if flushers:
+            point.flusher_cpu_s_per_m = (fl1 - fl0) / (ok * n) * 1e6
+        if isinstance(pg, S3):
+            point.moto_cpu_s_per_m = (pg1 - pg0) / (ok * n) * 1e6
+        elif pg is not None and pg.server is not None:
+            point.postgres_cpu_s_per_m = (pg1 - pg0) / (ok * n) * 1e6
+    if after is not None:
+        point.committed_per_s = (after - before) / (t1 - t0)
+    return ok * n
+
+
 def load_server(server: Server, args, bodies: dict[int, str], sink_label: str, pg: Postgres | S3 | None,
                 results: list[Point]) -> dict:
     """Start, warm up, run every load point, stop; returns the server's totals."""
@@ -498,43 +556,9 @@ def load_server(server: Server, args, bodies: dict[int, str], sink_label: str, p
         for n, body_file in bodies.items():
             for c in args.concurrency:
                 point = Point(sink_label, server.label, server.kind, server.workers, n, c, server.flushers)
-                before = server.committed()
-                pids = server.pids()
-                flushers = [pid for pid in pids if is_flusher(pid)]
-                cpu0, fl0 = cpu_seconds(pids), cpu_seconds(flushers)
-                pg0 = pg.cpu_seconds() if pg else 0.0
-                t0 = time.monotonic()
-                out = run_wrk(server.port, body_file, c, args.duration, args.wrk_threads, args.retry_after_ms)
-                t1 = time.monotonic()
-                cpu1, fl1 = cpu_seconds(pids), cpu_seconds(flushers)
-                pg1 = pg.cpu_seconds() if pg else 0.0
-                after = server.committed() if server.counter else None
-                statuses = {int(k): v for k, v in out["statuses"].items()}
-                ok = sum(v for k, v in statuses.items() if 200 <= k < 300)
-                point.statuses = statuses
-                point.duration_s = out["duration_us"] / 1e6
-                point.requests = out["requests"]
-                point.status_2xx = ok
-                point.status_429 = statuses.get(429, 0)
-                point.status_other = out["requests"] - ok - point.status_429
-                errors = out["errors"]
-                point.socket_errors = errors["connect"] + errors["read"] + errors["write"] + errors["timeout"]
-                point.acked_per_s = ok * n / point.duration_s
-                point.p50_ms = out["latency_us"]["p50"] / 1000
-                point.p99_ms = out["latency_us"]["p99"] / 1000
-                point.rate_429 = point.status_429 / out["requests"] if out["requests"] else 0.0
-                if ok:
-                    point.server_cpu_s_per_m = (cpu1 - cpu0) / (ok * n) * 1e6
-                    if flushers:
-                        point.flusher_cpu_s_per_m = (fl1 - fl0) / (ok * n) * 1e6
-                    if isinstance(pg, S3):
-                        point.moto_cpu_s_per_m = (pg1 - pg0) / (ok * n) * 1e6
-                    elif pg is not None and pg.server is not None:
-                        point.postgres_cpu_s_per_m = (pg1 - pg0) / (ok * n) * 1e6
-                acked += ok * n
+                acked += measure(point, server, pg, body_file, args)
                 in_flight += c * n
-                if after is not None:
-                    point.committed_per_s = (after - before) / (t1 - t0)
+                if point.committed_per_s is not None:
                     _, point.drained_s = wait_committed(server, acked, args.drain_timeout)
                 results.append(point)
                 print(_row(point), flush=True)
@@ -876,6 +900,252 @@ def _frame_name(frame: str, keep_line: bool = False) -> str:
     return f"{name} ({path})" if path else name
 
 
+# -- protocols: the same records through each shipper protocol's endpoint, one server, same run ----
+
+
+@dataclass
+class Protocol:
+    name: str
+    path: str
+    content_type: str  # "" sends none (HEC clients send none)
+    body: bytes
+    status: int  # the success answer
+    success: bytes = b""  # what a success answer's body holds (a wrong body would measure errors)
+    headers: dict = field(default_factory=dict)
+    backoff: tuple[int, ...] = (429, 503)  # the protocol's backpressure answers (HEC's busy is 503)
+
+
+def _any_value(value):
+    from opentelemetry.proto.common.v1 import common_pb2 as c
+
+    if isinstance(value, bool):
+        return c.AnyValue(bool_value=value)
+    if isinstance(value, int):
+        return c.AnyValue(int_value=value)
+    if isinstance(value, float):
+        return c.AnyValue(double_value=value)
+    if isinstance(value, str):
+        return c.AnyValue(string_value=value)
+    if isinstance(value, dict):
+        return c.AnyValue(kvlist_value=c.KeyValueList(
+            values=[c.KeyValue(key=k, value=_any_value(v)) for k, v in value.items()]))
+    return c.AnyValue(array_value=c.ArrayValue(values=[_any_value(v) for v in value]))
+
+
+def protocol_bodies(n: int) -> list[Protocol]:
+    """make_records(n) in each protocol, as its shippers send them: /v1/ingest `{"records": [...]}`
+    (the baseline); OTLP: one LogRecord per record, the record as its body (a kvlist AnyValue), one
+    resource and scope, in protobuf and in the OTLP JSON mapping; ES bulk: `{"create":{"_index"}}`
+    before each document (Beats, Fluent Bit, Vector); HEC: one envelope a line, the record as
+    `event`, no Content-Type; Loki: 4 streams of n/4 lines, each line the record's JSON text, as JSON
+    and as a snappy PushRequest."""
+    import cramjam
+    from google.protobuf import json_format
+    from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
+    from opentelemetry.proto.common.v1 import common_pb2 as c
+    from opentelemetry.proto.logs.v1 import logs_pb2
+    from opentelemetry.proto.resource.v1 import resource_pb2
+
+    sys.path.insert(0, str(ROOT))
+    from ringgate.sources._loki_push_pb2 import PushRequest
+
+    records = make_records(n)
+    values = [json.loads(r) for r in records]
+    base_ns = 1_764_600_000_000_000_000
+    otlp = logs_service_pb2.ExportLogsServiceRequest(resource_logs=[logs_pb2.ResourceLogs(
+        resource=resource_pb2.Resource(attributes=[
+            c.KeyValue(key="service.name", value=c.AnyValue(string_value="bench")),
+            c.KeyValue(key="host.name", value=c.AnyValue(string_value="web-1"))]),
+        scope_logs=[logs_pb2.ScopeLogs(scope=c.InstrumentationScope(name="bench.e2e", version="1"), log_records=[
+            logs_pb2.LogRecord(time_unix_nano=base_ns + i * 1000, severity_number=9, severity_text="INFO",
+                               body=_any_value(v))
+            for i, v in enumerate(values)])])])
+    otlp_json = json.dumps(json_format.MessageToDict(otlp, use_integers_for_enums=True),
+                           separators=(",", ":")).encode()
+    streams = 4
+    per = -(-n // streams)
+    loki_streams = [({"job": "bench", "host": f"web-{s}"},
+                     [(base_ns + i * 1000, records[i].decode()) for i in range(s * per, min(n, (s + 1) * per))])
+                    for s in range(streams)]
+    loki_json = json.dumps({"streams": [{"stream": labels, "values": [[str(ts), line] for ts, line in entries]}
+                                        for labels, entries in loki_streams if entries]},
+                           separators=(",", ":")).encode()
+    push = PushRequest()
+    for labels, entries in loki_streams:
+        if entries:
+            stream = push.streams.add(labels="{" + ", ".join(f'{k}="{v}"' for k, v in labels.items()) + "}")
+            for ts, line in entries:
+                stream.entries.add(line=line).timestamp.FromNanoseconds(ts)
+    return [
+        Protocol("/v1/ingest JSON", "/v1/ingest", "application/json", make_body(n), 202, b'"accepted"'),
+        Protocol("OTLP protobuf", "/v1/logs", "application/x-protobuf", otlp.SerializeToString(), 200),
+        Protocol("OTLP JSON", "/v1/logs", "application/json", otlp_json, 200),
+        Protocol("ES bulk", "/_bulk", "application/x-ndjson",
+                 b"".join(b'{"create":{"_index":"bench"}}\n' + r + b"\n" for r in records), 200, b'"errors":false'),
+        Protocol("HEC event", "/services/collector/event", "",
+                 b"\n".join(b'{"time":%d.%03d,"host":"web-1","sourcetype":"_json","event":%b}'
+                            % (1_764_600_000 + i // 1000, i % 1000, r) for i, r in enumerate(records)),
+                 200, b'"code":0'),
+        Protocol("Loki JSON", "/loki/api/v1/push", "application/json", loki_json, 204),
+        Protocol("Loki protobuf+snappy", "/loki/api/v1/push", "application/x-protobuf",
+                 bytes(cramjam.snappy.compress_raw(push.SerializeToString())), 204),
+    ]
+
+
+def check_protocol(server: Server, proto: Protocol, n: int, timeout: float) -> None:
+    """One request of the protocol's body: its success answer (status and body), then exactly n more
+    lines in the sink, so that the load point counts one stored line per record and nothing else."""
+    before = server.committed()
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    try:
+        headers = {**({"Content-Type": proto.content_type} if proto.content_type else {}), **proto.headers}
+        conn.request("POST", proto.path, body=proto.body, headers=headers)
+        resp = conn.getresponse()
+        answer = resp.read()
+    finally:
+        conn.close()
+    if resp.status != proto.status or proto.success not in answer:
+        raise RuntimeError(f"{proto.name}: {proto.path} answered {resp.status} {answer[:300]!r}, "
+                           f"not {proto.status} with {proto.success!r}")
+    have, _ = wait_committed(server, before + n, timeout)
+    time.sleep(0.5)  # a second flush of the same request would show now
+    have = server.committed()
+    if have != before + n:
+        raise RuntimeError(f"{proto.name}: one request of {n} records stored {have - before} lines")
+
+
+@dataclass
+class ProtocolPoint(Point):
+    protocol: str = ""
+    path: str = ""
+    body_bytes: int = 0
+    expected_status: int = 0
+    refused: int = 0  # the protocol's backpressure answers (429, 503)
+    unexpected: dict = field(default_factory=dict)  # statuses neither success nor backpressure
+    stored_after_drain: int | None = None  # the sink's count after the drain, minus before the point
+    acked: int = 0
+
+
+def run_protocols(args) -> dict:
+    """`ringgate serve` (default settings but the file sink, args.workers[-1] HTTP workers), then per
+    concurrency, each protocol one after another: wrk for --duration seconds, then wait until all
+    it acknowledged is in the files. Ratios are to /v1/ingest at the same concurrency."""
+    n = args.protocol_records
+    workdir = tempfile.mkdtemp(prefix="ringgate-e2e-protocols-")
+    protocols = protocol_bodies(n)
+    files = {}
+    for i, proto in enumerate(protocols):
+        files[proto.name] = os.path.join(workdir, f"protocol-{i}.body")
+        Path(files[proto.name]).write_bytes(proto.body)
+    if args.warm_memory_gib > 0:
+        warm_guest_memory(args.warm_memory_gib)
+    info = machine()
+    info["warm_memory_gib"] = args.warm_memory_gib
+    info["body_bytes"] = {p.name: len(p.body) for p in protocols}
+    print(json.dumps(info), flush=True)
+    points: list[ProtocolPoint] = []
+    started = time.monotonic()
+    server = Server("ringgate", args.workers[-1], "file", workdir)
+    print(f"\n== file: {server.label} on port {server.port}, {n} records per request", flush=True)
+    server.start()
+    acked = 1  # the readiness probe's record
+    try:
+        warm = run_wrk(server.port, files[protocols[0].name], 16, args.warmup, args.wrk_threads)
+        acked += sum(v for k, v in warm["statuses"].items() if k.startswith("2")) * n
+        wait_committed(server, acked, args.drain_timeout)
+        for proto in protocols:
+            check_protocol(server, proto, n, 30)
+            acked += n
+        print(f"   each protocol's answer is {', '.join(f'{p.name} {p.status}' for p in protocols)}, "
+              f"and one request stores {n} lines", flush=True)
+        print(PROTOCOL_HEADER, flush=True)
+        for c in args.concurrency:
+            # /v1/ingest again at the end: how far the shared machine drifted while the others ran
+            for proto in [*protocols, replace(protocols[0], name=protocols[0].name + " (again)")]:
+                point = ProtocolPoint("file", server.label, server.kind, server.workers, n, c, protocol=proto.name,
+                                      path=proto.path, body_bytes=len(proto.body), expected_status=proto.status)
+                before = server.committed()
+                point.acked = measure(point, server, None, files[proto.name.removesuffix(" (again)")], args,
+                                      path=proto.path,
+                                      content_type=proto.content_type, headers=proto.headers, backoff=proto.backoff)
+                acked += point.acked
+                point.refused = sum(point.statuses.get(s, 0) for s in proto.backoff)
+                point.unexpected = {status: count for status, count in point.statuses.items()
+                                    if status != proto.status and status not in proto.backoff}
+                have, point.drained_s = wait_committed(server, acked, args.drain_timeout)
+                point.stored_after_drain = have - before
+                points.append(point)
+                print(_protocol_row(point), flush=True)
+                if point.unexpected or point.socket_errors:
+                    print(f"   WARNING {proto.name}: unexpected statuses {point.unexpected}, "
+                          f"{point.socket_errors} socket errors\n{server.log()}", flush=True)
+    finally:
+        code, stop_s = server.stop(args.drain_timeout + 60)
+    stored = server.committed()
+    shutil.rmtree(workdir, ignore_errors=True)
+    totals = {"server": server.label, "sink": "file", "acked": acked, "stored": stored, "lost": max(0, acked - stored),
+              "exit": code, "stop_s": round(stop_s, 2)}
+    print(f"   stopped: exit {code} after {stop_s:.1f}s; acknowledged {acked:,}, stored {stored:,}", flush=True)
+    document = {"mode": "protocols", "machine": info, "args": dict(vars(args)),
+                "elapsed_s": round(time.monotonic() - started, 1), "servers": [totals],
+                "points": [asdict(p) for p in points], "loadavg_at_end": os.getloadavg()}
+    print("\n" + markdown_protocols(document))
+    return document
+
+
+PROTOCOL_HEADER = (f"   {'protocol':22} {'conc':>4} {'acked rec/s':>12} {'committed/s':>12} {'p50 ms':>7} "
+                   f"{'p99 ms':>7} {'429/503 %':>9} {'other':>6} {'cpu s/M':>7} {'drain s':>7}")
+
+
+def _protocol_row(p: ProtocolPoint) -> str:
+    refused = p.refused / p.requests * 100 if p.requests else 0.0
+    return (f"   {p.protocol:22} {p.concurrency:4d} {p.acked_per_s:12,.0f} {_fmt(p.committed_per_s):>12} "
+            f"{p.p50_ms:7.2f} {p.p99_ms:7.2f} {refused:9.1f} {sum(p.unexpected.values()) + p.socket_errors:6d} "
+            f"{_fmt(p.server_cpu_s_per_m, '.2f'):>7} {_fmt(p.drained_s, '.1f'):>7}")
+
+
+def markdown_protocols(document: dict) -> str:
+    """The protocols run as a Markdown table: per concurrency and protocol, the rates and their ratio
+    to /v1/ingest at the same concurrency (the mean of its runs first and last)."""
+    m = document["machine"]
+    points = document["points"]
+    out = [f"Run of {m['date']}, commit {m['commit']}, ring {m['ring_impl']}, {m['cores']} cores ({m['cpu']}), "
+           f"load average {'/'.join(f'{x:.1f}' for x in m['loadavg_at_start'])} at start, "
+           f"{'/'.join(f'{x:.1f}' for x in document['loadavg_at_end'])} at end, {document['elapsed_s']:.0f} s; "
+           f"{points[0]['server'] if points else '?'}, file sink, {points[0]['records_per_request'] if points else '?'} "
+           f"records per request, {document['args']['duration']:g} s per point, --retry-after-ms "
+           f"{document['args'].get('retry_after_ms', 0)}.", "",
+           "| protocol | endpoint | body B | conc | acked rec/s | committed rec/s | committed / /v1/ingest | p50 ms "
+           "| p99 ms | 429/503 % | other answers | server CPU s/M | CPU / /v1/ingest |",
+           "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    base: dict[int, dict[str, float]] = {}
+    for c in {p["concurrency"] for p in points}:
+        runs = [p for p in points if p["concurrency"] == c and p["protocol"].startswith("/v1/ingest JSON")]
+        for key in ("committed_per_s", "server_cpu_s_per_m"):
+            got = [p[key] for p in runs if p[key]]
+            base.setdefault(c, {})[key] = sum(got) / len(got) if got else None
+    for p in points:
+        b = base[p["concurrency"]]
+        ratio = p["committed_per_s"] / b["committed_per_s"] if b["committed_per_s"] and p["committed_per_s"] else None
+        cpu = (p["server_cpu_s_per_m"] / b["server_cpu_s_per_m"]
+               if b["server_cpu_s_per_m"] and p["server_cpu_s_per_m"] else None)
+        refused = p["refused"] / p["requests"] * 100 if p["requests"] else 0.0
+        other = sum(p["unexpected"].values()) + p["socket_errors"]
+        out.append(f"| {p['protocol']} | `{p['path']}` ({p['expected_status']}) | {p['body_bytes']:,} | "
+                   f"{p['concurrency']} | {p['acked_per_s']:,.0f} | {_fmt(p['committed_per_s'])} | "
+                   f"{_fmt(ratio, '.2f')} | {p['p50_ms']:.2f} | {p['p99_ms']:.2f} | {refused:.1f} | {other} | "
+                   f"{_fmt(p['server_cpu_s_per_m'], '.2f')} | {_fmt(cpu, '.2f')} |")
+    t = document["servers"][0]
+    undrained = [p["protocol"] for p in points if p["drained_s"] is None]
+    out += ["", "Ratios are to the mean of /v1/ingest's two runs at the same concurrency (first and last). "
+            f"After the drain (SIGTERM, exit {t['exit']}): acknowledged {t['acked']:,}, stored {t['stored']:,}"
+            + (f" (LOST {t['lost']:,})" if t["lost"] else "") + "; "
+            + (f"NOT everything acknowledged was in the files within --drain-timeout after {', '.join(undrained)}; "
+               if undrained else "after each point the files held everything acknowledged so far, ")
+            + "seconds to drain per point: " + ", ".join(_fmt(p["drained_s"], ".1f") for p in points) + "."]
+    return "\n".join(out)
+
+
 # -- markdown (for bench/RESULTS.md) ----------------------------------------------------------------
 
 
@@ -947,13 +1217,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--flushers", type=_ints, default=[1], help="ringgate flushers to try: 1,2")
     parser.add_argument("--records", type=_ints, default=[100, 1], help="records per request: 100,1")
     parser.add_argument("--concurrency", type=_ints, default=[16, 64], help="wrk connections: 16,64")
-    parser.add_argument("--duration", type=float, default=10.0, help="seconds per load point")
+    parser.add_argument("--duration", type=float, default=None, help="seconds per load point (10; --protocols: 8)")
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--repeat", type=int, default=1, help="run the whole sequence this many times (median)")
     parser.add_argument("--wrk-threads", type=int, default=1)
-    parser.add_argument("--retry-after-ms", type=int, default=0,
-                        help="delay one request by this long per 429, as clients honouring Retry-After do "
-                             "(0: plain closed-loop wrk, the default)")
+    parser.add_argument("--retry-after-ms", type=int, default=None,
+                        help="delay one request by this long per 429 (and, with --protocols, 503), as clients "
+                             "honouring Retry-After do (0: plain closed-loop wrk, the default; --protocols: 1000)")
     parser.add_argument("--copy-connections", type=_ints, default=[1, 2])
     parser.add_argument("--drain-timeout", type=float, default=120.0)
     parser.add_argument("--json-out", default=None)
@@ -962,16 +1232,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", default=None, metavar="DIR", help="py-spy ringgate under load instead")
     parser.add_argument("--profile-rate", type=int, default=250)
     parser.add_argument("--profile-native", action="store_true")
+    parser.add_argument("--protocols", action="store_true",
+                        help="ringgate alone (the last --workers, file sink): the same records through /v1/ingest "
+                             "and each shipper protocol's endpoint, one after another, per --concurrency")
+    parser.add_argument("--protocol-records", type=int, default=100, help="records per request with --protocols")
     parser.add_argument("--report", default=None, metavar="JSON",
                         help="print the Markdown tables of an earlier run's --json-out and exit")
     args = parser.parse_args(argv)
     if args.report:
-        print(markdown(json.loads(Path(args.report).read_text())))
+        document = json.loads(Path(args.report).read_text())
+        print(markdown_protocols(document) if document.get("mode") == "protocols" else markdown(document))
+        return 0
+    if args.duration is None:
+        args.duration = 8.0 if args.protocols else 10.0
+    if args.retry_after_ms is None:
+        args.retry_after_ms = 1000 if args.protocols else 0
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk not found: apt-get install -y wrk")
+    if args.protocols:
+        if any(s != "file" for s in args.sink or ["file"]):
+            raise SystemExit("--protocols measures the file sink only")
+        document = run_protocols(args)
+        if args.json_out:
+            Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json_out).write_text(json.dumps(document, indent=1, default=str))
         return 0
     sinks = args.sink or ["file"]
     kinds = [k for k in args.servers.split(",") if k]
-    if shutil.which("wrk") is None:
-        raise SystemExit("wrk not found: apt-get install -y wrk")
 
     workdir = tempfile.mkdtemp(prefix="ringgate-e2e-")
     bodies = {}

@@ -1,7 +1,10 @@
 -- wrk script for bench/e2e.py: POST the body in $WRK_BODY_FILE as application/json, count the
 -- responses by status (wrk itself only counts non-2xx as "errors"), and print one JSON line
 -- starting with "RESULT " with the counts and the latency percentiles (µs).
--- With $WRK_RETRY_AFTER_MS set, every 429 delays one following request by that long, as a client
+-- $WRK_CONTENT_TYPE replaces the Content-Type (empty: none is sent, as HEC clients do), and
+-- $WRK_HEADERS adds headers, one "Name: value" a line (the protocols mode: --protocols).
+-- With $WRK_RETRY_AFTER_MS set, every 429 (or other status in $WRK_BACKOFF_STATUSES, a comma
+-- list: HEC's busy answer is 503) delays one following request by that long, as a client
 -- honouring Retry-After would (wrk otherwise resends at once: a closed loop that turns a fast 429
 -- into a busy loop on a machine the sink shares).
 local path = os.getenv("WRK_BODY_FILE")
@@ -9,7 +12,18 @@ local f = assert(io.open(path, "rb"), "WRK_BODY_FILE must name a readable file")
 wrk.method = "POST"
 wrk.body = f:read("*a")
 f:close()
-wrk.headers["Content-Type"] = "application/json"
+local content_type = os.getenv("WRK_CONTENT_TYPE") or "application/json"
+if content_type ~= "" then
+  wrk.headers["Content-Type"] = content_type
+end
+for line in string.gmatch(os.getenv("WRK_HEADERS") or "", "[^\n]+") do
+  local name, value = string.match(line, "^([^:]+):%s*(.*)$")
+  wrk.headers[name] = value
+end
+local backoff_statuses = {}
+for status in string.gmatch(os.getenv("WRK_BACKOFF_STATUSES") or "429", "%d+") do
+  backoff_statuses[tonumber(status)] = true
+end
 
 local threads = {}
 
@@ -24,7 +38,7 @@ end
 
 function response(status, headers, body)
   statuses[status] = (statuses[status] or 0) + 1
-  if status == 429 then
+  if backoff_statuses[status] then
     backoff = backoff + 1
   end
 end
