@@ -193,3 +193,67 @@ def test_report(postgres_server, bench_table, base_batch, capsys):  # noqa: F811
             f"{report['interleaved_ratio_bulk_over_rows']:>13.2f}{client['rows'] / client['bulk']:>18.2f}x"
         )
         print(json.dumps(report))
+
+
+def _backend_cpu_s(pid: int) -> float:
+    """utime + stime of a PostgreSQL backend (same machine), in seconds."""
+    import os
+
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_instance_column_cost(postgres_server, base_batch, capsys):  # noqa: F811
+    """What the `instance` column costs (DESIGN.md §12): the same batch COPYed with and without
+    it, interleaved, each side into its own table, one connection each; rows/s, the client's CPU
+    (encoding) and the server backend's CPU (parsing, storing) per row."""
+    import psycopg
+
+    from ringgate.sinks.postgres import encode_copy_binary
+
+    instance = "ingest-host-07.example-8080"  # a host name and port: longer than most
+    sides = {"without": None, "with": instance}
+    rounds = 30
+    wall = {k: [] for k in sides}
+    client = {k: [] for k in sides}
+    server = {k: [] for k in sides}
+    conns = {k: psycopg.connect(postgres_server.url, autocommit=True) for k in sides}
+    try:
+        for side, conn in conns.items():
+            conn.execute(f"DROP TABLE IF EXISTS bench_instance_{side}")
+            conn.execute(
+                f"CREATE TABLE bench_instance_{side} (ring smallint NOT NULL, epoch bigint NOT NULL,"
+                " seq bigint NOT NULL, received_at timestamptz NOT NULL, record jsonb NOT NULL, instance text)"
+                " WITH (autovacuum_enabled = off)"
+            )
+        columns = {"without": "ring, epoch, seq, received_at, record",
+                   "with": "instance, ring, epoch, seq, received_at, record"}
+        for i in range(rounds + 2):
+            for side in ("without", "with") if i % 2 else ("with", "without"):
+                conn = conns[side]
+                batch = _fresh(base_batch)
+                backend = conn.info.backend_pid
+                t0, c0, s0 = time.perf_counter(), time.process_time(), _backend_cpu_s(backend)
+                with conn.transaction(), conn.cursor() as cur:
+                    with cur.copy(f"COPY bench_instance_{side} ({columns[side]}) FROM STDIN (FORMAT BINARY)") as copy:
+                        copy.write(encode_copy_binary(batch, sides[side]))
+                if i >= 2:  # warm-up
+                    wall[side].append(time.perf_counter() - t0)
+                    client[side].append(time.process_time() - c0)
+                    server[side].append(_backend_cpu_s(backend) - s0)
+    finally:
+        for side, conn in conns.items():
+            conn.execute(f"DROP TABLE IF EXISTS bench_instance_{side}")
+            conn.close()
+    rate = {k: RECORDS / statistics.median(v) for k, v in wall.items()}
+    report = {
+        "instance": instance,
+        "rows_per_s": {k: round(v) for k, v in rate.items()},
+        "ratio_with_over_without": round(rate["with"] / rate["without"], 3),
+        "client_cpu_us_per_row": {k: round(statistics.median(v) / RECORDS * 1e6, 3) for k, v in client.items()},
+        # clock ticks (10 ms) over ~25 ms rounds: the sum over all rounds, not the median
+        "server_cpu_us_per_row": {k: round(sum(v) / (RECORDS * rounds) * 1e6, 3) for k, v in server.items()},
+    }
+    with capsys.disabled():
+        print("\n\nthe instance column, interleaved A/B, one connection per side:", json.dumps(report))

@@ -9,14 +9,18 @@ The flusher must therefore deliver the parts of a split batch in ring order.
 Encoding. The PGCOPY binary stream is built with a handful of numpy operations over the batch's
 arrays, 2048 records at a time (no Python per record). Per row, before the JSON text:
 
-    int16 5                                   field count
+    int16 6                                   field count
+    int32 N,  N bytes instance                the sink's instance name (UTF-8): a constant per sink
     int32 2,  int16 ring
     int32 8,  int64 epoch
     int32 8,  int64 seq                       the record's ring position
     int32 8,  int64 received_at               µs since 2000-01-01 UTC (timestamptz's binary form)
     int32 L+1, uint8 1                        jsonb: version byte, then L bytes of JSON text
 
-all big-endian: a fixed 49-byte prefix (`ROW_PREFIX`), then the payload. The stream opens with
+all big-endian: a fixed prefix of 53 + N bytes (`row_prefix(N)`), then the payload. (Without an
+instance, `encode_copy_binary(batch)` writes the five other columns: a 49-byte prefix.) The
+instance costs 4 + N bytes per row on the wire and one more text column for the server to parse:
+bench/RESULTS.md, "More than one gateway", measured it. The stream opens with
 the 19-byte signature and ends with int16 -1. psycopg's per-row `write_row` produces the same
 bytes (`write_copy_rows`, kept as the test oracle and the benchmark baseline).
 
@@ -28,6 +32,7 @@ sleeps or retries: the flusher owns backoff.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -45,9 +50,12 @@ from ringgate.sinks.base import Batch, DeadLetterCallback, Refused
 
 logger = logging.getLogger(__name__)
 
-COLUMNS = ("ring", "epoch", "seq", "received_at", "record")
-COLUMN_TYPES = ("smallint", "bigint", "bigint", "timestamp with time zone", "jsonb")
-COPY_TYPES = ("int2", "int8", "int8", "timestamptz", "jsonb")  # for `Copy.set_types`
+# the instance that stored a row: several gateways share one table (DESIGN.md §12). First in the
+# COPY (so a row's fixed prefix stays one block), last in the table (ALTER TABLE adds it there to
+# a table made before it existed; old rows keep NULL)
+COLUMNS = ("instance", "ring", "epoch", "seq", "received_at", "record")
+COLUMN_TYPES = ("text", "smallint", "bigint", "bigint", "timestamp with time zone", "jsonb")
+COPY_TYPES = ("text", "int2", "int8", "int8", "timestamptz", "jsonb")  # for `Copy.set_types`
 
 # signature, int32 flags (0: no OIDs), int32 header extension length (0)
 COPY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + bytes(4) + bytes(4)
@@ -67,6 +75,18 @@ ROW_PREFIX = np.dtype(
         ("jsonb_version", "u1"),
     ]
 )  # packed: 49 bytes
+
+
+@functools.lru_cache(maxsize=8)
+def row_prefix(instance_bytes: int) -> np.dtype:
+    """The packed fixed part of a row: `ROW_PREFIX` after an instance of `instance_bytes` bytes
+    (0: no instance column)."""
+    if instance_bytes == 0:
+        return ROW_PREFIX
+    fields = [(name, ROW_PREFIX.fields[name][0]) for name in ROW_PREFIX.names]
+    return np.dtype(fields[:1] + [("instance_length", ">i4"), ("instance", f"S{instance_bytes}")] + fields[1:])
+
+
 PG_EPOCH_UNIX_US = 946_684_800_000_000  # 2000-01-01T00:00:00Z in µs since the Unix epoch
 COPY_CHUNK_ROWS = 2048
 
@@ -106,29 +126,43 @@ _CONTENT_CLASSES = ("22", "23", "54")
 # ---------------------------------------------------------------------------------- encoding
 
 
-def encode_copy_binary(batch: Batch) -> memoryview:
-    """The complete PGCOPY binary stream for `batch` (columns as `COLUMNS`), ready for `Copy.write`."""
-    return _encode(batch, COPY_SIGNATURE, COPY_TRAILER)
+def encode_copy_binary(batch: Batch, instance: str | None = None) -> memoryview:
+    """The complete PGCOPY binary stream for `batch`, ready for `Copy.write`: columns as `COLUMNS`
+    with `instance`, without it the five others (`COLUMNS[1:]`)."""
+    return _encode(batch, COPY_SIGNATURE, COPY_TRAILER, _instance_bytes(instance))
 
 
-def write_copy_bulk(copy: psycopg.Copy, batch: Batch, chunk_rows: int = COPY_CHUNK_ROWS) -> None:
-    """Send `batch` as one binary COPY stream, encoded in bulk `chunk_rows` records at a time.
+def _instance_bytes(instance: str | None) -> bytes:
+    if instance is None:
+        return b""
+    if not instance:
+        raise ValueError("an instance name is not empty")
+    return instance.encode()
+
+
+def write_copy_bulk(
+    copy: psycopg.Copy, batch: Batch, chunk_rows: int = COPY_CHUNK_ROWS, instance: str | None = None
+) -> None:
+    """Send `batch` as one binary COPY stream, encoded in bulk `chunk_rows` records at a time
+    (columns as `encode_copy_binary`'s).
 
     Chunks let the server parse the first rows while the next are encoded (one encode of the
     whole batch, then one send, was slower than write_row, which streams), and 2048 rows of
     ~128 bytes stay in the CPU's caches (measured fastest: bench/test_bench_pgcopy.py).
     """
     n = batch.count
+    name = _instance_bytes(instance)
     for lo in range(0, max(n, 1), chunk_rows):
         hi = min(lo + chunk_rows, n)
         part = batch.slice(lo, hi) if n else batch
-        copy.write(_encode(part, COPY_SIGNATURE if lo == 0 else b"", COPY_TRAILER if hi == n else b""))
+        copy.write(_encode(part, COPY_SIGNATURE if lo == 0 else b"", COPY_TRAILER if hi == n else b"", name))
 
 
-def _encode(batch: Batch, head: bytes, tail: bytes) -> memoryview:
-    """`head`, the rows of `batch` in PGCOPY binary, `tail`: one buffer, built in bulk.
+def _encode(batch: Batch, head: bytes, tail: bytes, instance: bytes = b"") -> memoryview:
+    """`head`, the rows of `batch` in PGCOPY binary, `tail`: one buffer, built in bulk; each row
+    starting with `instance` as a text column unless it is empty.
 
-    The fixed 49-byte prefixes are filled column by column in a structured array, and the rows
+    The fixed prefixes (49 bytes, or 53 + the instance's) are filled column by column in a structured array, and the rows
     (prefix, payload, prefix, payload, ...) are assembled with two boolean masks computed from
     run lengths: one picks the prefix bytes of the output, the other the payload bytes of
     `batch.data`, skipping the newlines and any gap between payloads. Payloads must be in order
@@ -150,8 +184,12 @@ def _encode(batch: Batch, head: bytes, tail: bytes) -> memoryview:
     if (runs_in < 0).any():
         raise ValueError(f"batch {batch.name}: payloads overlap, are out of order or lie outside its data")
 
-    prefix = np.empty(n, dtype=ROW_PREFIX)
-    prefix["field_count"] = len(COLUMNS)
+    dtype = row_prefix(len(instance))
+    prefix = np.empty(n, dtype=dtype)
+    prefix["field_count"] = len(COLUMNS) if instance else len(COLUMNS) - 1
+    if instance:
+        prefix["instance_length"] = len(instance)
+        prefix["instance"] = instance
     prefix["ring_length"] = 2
     prefix["ring"] = batch.ring
     prefix["epoch_length"] = 8
@@ -164,7 +202,7 @@ def _encode(batch: Batch, head: bytes, tail: bytes) -> memoryview:
     prefix["record_length"] = lengths + 1
     prefix["jsonb_version"] = 1
 
-    rows_length = n * ROW_PREFIX.itemsize + int(lengths.sum())
+    rows_length = n * dtype.itemsize + int(lengths.sum())
     out = np.empty(len(head) + rows_length + len(tail), dtype=np.uint8)
     out[: len(head)] = np.frombuffer(head, dtype=np.uint8)
     out[len(head) + rows_length :] = np.frombuffer(tail, dtype=np.uint8)
@@ -173,7 +211,7 @@ def _encode(batch: Batch, head: bytes, tail: bytes) -> memoryview:
     alternating = np.zeros(2 * n + 1, dtype=bool)
     alternating[1::2] = True  # False, True, False, ...: gap or prefix, payload, gap or prefix, ...
     runs_out = np.empty(2 * n, dtype=np.int64)
-    runs_out[0::2] = ROW_PREFIX.itemsize
+    runs_out[0::2] = dtype.itemsize
     runs_out[1::2] = lengths
     is_payload_out = np.repeat(alternating[: 2 * n], runs_out)
     rows[~is_payload_out] = prefix.view(np.uint8)
@@ -190,12 +228,13 @@ def _raw_json(obj):
     return obj
 
 
-def write_copy_rows(copy: psycopg.Copy, batch: Batch) -> None:
+def write_copy_rows(copy: psycopg.Copy, batch: Batch, instance: str | None = None) -> None:
     """The psycopg way, one `write_row` per record: the reference `write_copy_bulk` is tested and
     benchmarked against (the same bytes on the wire)."""
     set_json_dumps(_raw_json, context=copy.cursor)
-    copy.set_types(list(COPY_TYPES))
+    copy.set_types(list(COPY_TYPES if instance is not None else COPY_TYPES[1:]))
     ring, epoch, data = int(batch.ring), int(batch.epoch), batch.data
+    first = () if instance is None else (instance,)
     for seq, ns, start, length in zip(
         batch.positions.tolist(),
         batch.received_ns.tolist(),
@@ -204,7 +243,7 @@ def write_copy_rows(copy: psycopg.Copy, batch: Batch) -> None:
         strict=True,
     ):
         received_at = _UNIX_EPOCH + timedelta(microseconds=ns // 1000)
-        copy.write_row((ring, epoch, seq, received_at, data[start : start + length]))
+        copy.write_row((*first, ring, epoch, seq, received_at, data[start : start + length]))
 
 
 def _select(batch: Batch, keep: np.ndarray) -> Batch:
@@ -598,9 +637,9 @@ class PostgresCopySink:
         statement = self._sql_copy_staging if self._dedup_key else self._sql_copy_table
         with cur.copy(statement) as copy:
             if self._copy_method == "bulk":
-                write_copy_bulk(copy, batch)
+                write_copy_bulk(copy, batch, instance=self._instance)
             else:
-                write_copy_rows(copy, batch)
+                write_copy_rows(copy, batch, instance=self._instance)
         if self._dedup_key:
             cur.execute(self._sql_dedup_insert, {"key": self._dedup_key})
 
@@ -660,7 +699,7 @@ class PostgresCopySink:
         retry, not content to dead-letter)."""
         events = sql.SQL(
             "CREATE TABLE {} (ring smallint NOT NULL, epoch bigint NOT NULL, seq bigint NOT NULL,"
-            " received_at timestamptz NOT NULL, record jsonb NOT NULL){}"
+            " received_at timestamptz NOT NULL, record jsonb NOT NULL, instance text){}"
         ).format(
             self._table,
             sql.SQL(" PARTITION BY RANGE (received_at)" if self._partition == "month" else ""),
@@ -686,6 +725,7 @@ class PostgresCopySink:
                     if conn.execute("SELECT to_regclass(%s)", (self._regname(name),)).fetchone()[0] is None:
                         conn.execute(create)
                         logger.info("created table %s", self._regname(name))
+            self._add_instance_column(conn)
             rows = conn.execute(
                 "SELECT a.attname, format_type(a.atttypid, a.atttypmod),"
                 " a.attnotnull AND NOT a.atthasdef AND a.attidentity = '' AND a.attgenerated = '',"
@@ -714,6 +754,30 @@ class PostgresCopySink:
                 f"PostgreSQL table {self._qualified} at {self._where} cannot take ringgate's rows: {'; '.join(problems)}",
                 reason="the table cannot take ringgate's rows",
             )
+
+    def _add_instance_column(self, conn: psycopg.Connection) -> None:
+        """A table made before rows named their instance gets the column (NULL in its old rows:
+        a metadata-only change, but under ACCESS EXCLUSIVE, so with a short lock timeout)."""
+        present = conn.execute(
+            "SELECT count(*) FROM pg_attribute WHERE attrelid = %s::regclass AND attname = 'instance'"
+            " AND NOT attisdropped",
+            (self._qualified,),
+        ).fetchone()[0]
+        if present:
+            return
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"ringgate {self._qualified}",))
+        conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(_DDL_LOCK_TIMEOUT)))
+        try:
+            with conn.transaction():  # savepoint
+                conn.execute(sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS instance text").format(self._table))
+        except psycopg.errors.InsufficientPrivilege as exc:
+            raise RetryableSinkError(
+                f"PostgreSQL table {self._qualified} at {self._where} has no instance column and this role "
+                f"cannot add it: have its owner run ALTER TABLE {self._qualified} ADD COLUMN instance text "
+                f"({type(exc).__name__})",
+                reason="the table cannot take ringgate's rows",
+            ) from None
+        logger.info("added column instance to table %s (older rows: NULL)", self._qualified)
 
     def _ensure_partitions(self, conn: psycopg.Connection, batch: Batch) -> None:
         missing = sorted(_months(batch.received_ns) - self._months)

@@ -542,19 +542,19 @@ class CapturingWriter(LibpqWriter):
         super().write(data)
 
 
-def captured_copy(conn, table: str, fill) -> bytes:
+def captured_copy(conn, table: str, fill, columns: str = "instance, ring, epoch, seq, received_at, record") -> bytes:
     with conn.transaction(), conn.cursor() as cur:
         writer = CapturingWriter(cur)
-        with cur.copy(
-            f"COPY {table} (ring, epoch, seq, received_at, record) FROM STDIN (FORMAT BINARY)", writer=writer
-        ) as copy:
+        with cur.copy(f"COPY {table} ({columns}) FROM STDIN (FORMAT BINARY)", writer=writer) as copy:
             fill(copy)
     return bytes(writer.sent)
 
 
+@pytest.mark.parametrize("instance", ["gw-ü.1", None], ids=["instance", "no-instance"])
 @pytest.mark.parametrize("chunk_rows", [COPY_CHUNK_ROWS, 7])
 @pytest.mark.parametrize("subset", ["all", "every-third"])
-def test_bulk_encoder_sends_exactly_what_write_row_sends(postgres_server, postgres_table, subset, chunk_rows):
+def test_bulk_encoder_sends_exactly_what_write_row_sends(postgres_server, postgres_table, subset, chunk_rows,
+                                                          instance):
     payloads = make_payloads(3000, seed=11) + [b"{}", b'{"k":"' + "ü".encode() * 3000 + b'"}']
     batch = Batch.from_payloads(payloads, ring=32767, epoch=2**62 + 5, first_position=2**40)
     rnd = np.random.default_rng(3)
@@ -569,14 +569,20 @@ def test_bulk_encoder_sends_exactly_what_write_row_sends(postgres_server, postgr
         for suffix in ("_rows", "_bulk"):
             conn.execute(
                 f"CREATE TABLE {postgres_table}{suffix} (ring smallint, epoch bigint, seq bigint,"
-                " received_at timestamptz, record jsonb)"
+                " received_at timestamptz, record jsonb, instance text)"
             )
-        by_rows = captured_copy(conn, postgres_table + "_rows", lambda copy: write_copy_rows(copy, batch))
+        columns = "ring, epoch, seq, received_at, record" if instance is None else "instance, ring, epoch, seq, received_at, record"
+        by_rows = captured_copy(
+            conn, postgres_table + "_rows", lambda copy: write_copy_rows(copy, batch, instance=instance), columns
+        )
         by_bulk = captured_copy(
-            conn, postgres_table + "_bulk", lambda copy: write_copy_bulk(copy, batch, chunk_rows=chunk_rows)
+            conn, postgres_table + "_bulk",
+            lambda copy: write_copy_bulk(copy, batch, chunk_rows=chunk_rows, instance=instance), columns,
         )
         assert by_bulk == by_rows
-        assert bytes(encode_copy_binary(batch)) == by_rows
+        assert bytes(encode_copy_binary(batch, instance)) == by_rows
+        stored = conn.execute(f"SELECT DISTINCT instance FROM {postgres_table}_bulk").fetchall()
+        assert stored == [(instance,)]
         differ = conn.execute(
             f"SELECT count(*) FROM ((TABLE {postgres_table}_rows EXCEPT ALL TABLE {postgres_table}_bulk)"
             f" UNION ALL (TABLE {postgres_table}_bulk EXCEPT ALL TABLE {postgres_table}_rows)) d"
@@ -594,6 +600,39 @@ def test_both_copy_methods_load_the_same_rows_through_the_sink(postgres_server, 
         == fetch(postgres_server, postgres_table + "_b")
         == expected_rows(batch)
     )
+
+
+def test_rows_name_the_instance_that_stored_them_and_an_old_table_gets_the_column(
+    postgres_server, postgres_table, sinks
+):
+    with postgres_server.connect() as conn:
+        # a table as ringgate made it before rows named their instance, holding one row
+        conn.execute(
+            f"CREATE TABLE {postgres_table} (ring smallint NOT NULL, epoch bigint NOT NULL, seq bigint NOT NULL,"
+            " received_at timestamptz NOT NULL, record jsonb NOT NULL)"
+        )
+        conn.execute(f"INSERT INTO {postgres_table} VALUES (0, 1, 0, now(), '{{\"old\": 1}}')")
+    a = Batch.from_payloads([b'{"a":1}', b'{"a":2}'], ring=0, epoch=7, first_position=10)
+    b = Batch.from_payloads([b'{"b":1}'], ring=0, epoch=7, first_position=10)
+    for method in ("bulk", "rows"):
+        sinks(postgres_server.url, table=postgres_table, instance=f"host-a-{method}", copy_method=method).deliver(a)
+        sinks(postgres_server.url, table=postgres_table, instance=f"host-b-{method}", copy_method=method,
+              dedup_key="k").deliver(b)
+    with postgres_server.connect() as conn:
+        rows = conn.execute(
+            f"SELECT instance, record FROM {postgres_table} ORDER BY instance, seq, record::text"
+        ).fetchall()
+    # the same ring and epoch from two gateways: only the instance tells the rows apart
+    assert rows == [
+        ("host-a-bulk", {"a": 1}), ("host-a-bulk", {"a": 2}), ("host-a-rows", {"a": 1}), ("host-a-rows", {"a": 2}),
+        ("host-b-bulk", {"b": 1}), ("host-b-rows", {"b": 1}), (None, {"old": 1}),
+    ]
+    with postgres_server.connect() as conn:
+        joined = conn.execute(
+            f"SELECT DISTINCT e.instance = o.instance FROM {postgres_table} e JOIN {postgres_table}_offsets o"
+            " USING (ring, epoch) WHERE e.instance = o.instance"
+        ).fetchall()
+    assert joined == [(True,)]
 
 
 def test_encoder_of_an_empty_batch_is_header_and_trailer():
