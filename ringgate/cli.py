@@ -14,7 +14,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("serve", help="run the gateway: rings, flushers, HTTP workers")
-    instance_help = "instance to read (default: RINGGATE_INSTANCE, else ringgate-$RINGGATE_PORT, as serve derives it)"
+    instance_help = "instance to read (default: RINGGATE_INSTANCE, else <host name>-$RINGGATE_PORT, as serve derives it)"
     status = sub.add_parser("status", help="rings, flushers, workers and records/s, read from shared memory")
     status.add_argument("--json", action="store_true", help="one JSON object instead of a table")
     status.add_argument("--interval", type=float, default=1.0,

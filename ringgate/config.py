@@ -103,7 +103,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         keys_file = env.get("RINGGATE_API_KEYS_FILE", "").strip()
         if keys_file:
             read_file(keys_file)  # refuses a file that cannot be read or holds no key
-        instance = env.get("RINGGATE_INSTANCE", f"ringgate-{port}")
+        instance = env.get("RINGGATE_INSTANCE") or default_instance(port)
         if not instance or not all(c.isalnum() or c in "-_." for c in instance):
             raise ConfigurationError(
                 f"RINGGATE_INSTANCE must be letters, digits, '-', '_' or '.': {instance!r}"
@@ -237,3 +237,24 @@ def _parse_int(text: str) -> int:
         if lowered.endswith(suffix) and lowered[: -len(suffix)].strip().isdigit():
             return int(lowered[: -len(suffix)]) * factor
     return int(text)
+
+
+def default_instance(port: int) -> str:
+    """RINGGATE_INSTANCE when it is not set: `<host name>-<port>`, unique across hosts as their
+    names are (a pod's host name is its pod name), the name's other characters turned into '-'.
+
+    Until this version the default was `ringgate-<port>`: while this host still holds rings of
+    that name (a run killed or timed out in its drain; a clean drain unlinks them), it stays the
+    name, so the upgraded gateway adopts and delivers them instead of stranding them under a name
+    nothing reads. Their objects and offsets rows keep that name too; set RINGGATE_INSTANCE to
+    move on once they are delivered."""
+    import re
+    import socket
+
+    from .ring import existing_rings
+
+    legacy = f"ringgate-{port}"
+    if existing_rings(legacy):
+        return legacy
+    host = re.sub(r"[^A-Za-z0-9._-]+", "-", socket.gethostname()).strip("-.") or "ringgate"
+    return f"{host}-{port}"

@@ -7,6 +7,7 @@ import os
 import pty
 import select
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -140,7 +141,8 @@ def test_status_derives_the_instance_from_the_port_as_serve_does():
     done = subprocess.run([sys.executable, "-m", "ringgate", "status"], env=env, capture_output=True,
                           text=True, timeout=30)
     assert done.returncode == 1
-    assert f"'ringgate-{port}'" in done.stderr and "Traceback" not in done.stderr
+    assert f"-{port}'" in done.stderr and "Traceback" not in done.stderr
+    assert done.stderr.count(f"'{socket.gethostname()}-{port}'") >= 1, done.stderr
     bad = subprocess.run([sys.executable, "-m", "ringgate", "status", "--instance", "../etc"], env=env,
                          capture_output=True, text=True, timeout=30)
     assert bad.returncode == 2 and "RINGGATE_INSTANCE must be" in bad.stderr

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import socket
+
 import pytest
 
 from ringgate.config import Settings
@@ -16,7 +19,7 @@ def test_defaults_follow_the_contract():
     assert (s.sink, s.dlq) == ("file://./ringgate-data", "file://./ringgate-dead-letter")
     assert (s.max_body_bytes, s.max_record_bytes, s.worker_inflight_bytes) == (16 << 20, 1 << 20, 64 << 20)
     assert (s.unblock_ms, s.retry_base_ms, s.retry_max_ms, s.ack_timeout_ms) == (1000, 100, 30_000, 30_000)
-    assert s.instance == "ringgate-8080" and s.api_keys == ()
+    assert s.instance == f"{socket.gethostname()}-8080" and s.api_keys == ()
 
 
 def test_sizes_take_binary_units():
@@ -84,3 +87,31 @@ def test_children_get_exactly_what_the_supervisor_validated(monkeypatch):
 def test_the_worker_inflight_cap_must_hold_one_whole_body():
     with pytest.raises(ConfigurationError, match="RINGGATE_WORKER_INFLIGHT_BYTES must be at least"):
         Settings.from_environ({"RINGGATE_MAX_BODY_BYTES": "1MiB", "RINGGATE_WORKER_INFLIGHT_BYTES": "512KiB"})
+
+
+@pytest.mark.parametrize("host, instance", [
+    ("ingest-07.eu.example.com", "ingest-07.eu.example.com-9999"),
+    ("pod_a b/ü", "pod_a-b-9999"),  # only letters, digits, '-', '_', '.': they name files in /dev/shm
+    ("", "ringgate-9999"),
+])
+def test_default_instance_is_the_host_name_and_port(monkeypatch, host, instance):
+    # two hosts with the default must not share offsets rows or object keys (DESIGN.md §12)
+    monkeypatch.setattr(socket, "gethostname", lambda: host)
+    assert Settings.from_environ({"RINGGATE_PORT": "9999"}).instance == instance
+    assert Settings.from_environ({"RINGGATE_PORT": "9999", "RINGGATE_INSTANCE": "mine"}).instance == "mine"
+
+
+def test_default_instance_stays_the_old_default_while_its_rings_are_here(monkeypatch):
+    # rings left by a run under the old default `ringgate-<port>` (killed, or its drain timed
+    # out): the upgraded gateway adopts them instead of stranding them under a name nothing reads
+    monkeypatch.setattr(socket, "gethostname", lambda: "somehost")
+    port = 40000 + os.getpid() % 20000
+    left = f"/dev/shm/ringgate-{port}-ring-0"
+    assert not os.path.lexists(left)
+    with open(left, "wb"):
+        pass
+    try:
+        assert Settings.from_environ({"RINGGATE_PORT": str(port)}).instance == f"ringgate-{port}"
+    finally:
+        os.unlink(left)
+    assert Settings.from_environ({"RINGGATE_PORT": str(port)}).instance == f"somehost-{port}"
