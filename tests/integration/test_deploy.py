@@ -13,7 +13,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 
 import pytest
 import yaml
@@ -21,7 +20,7 @@ import yaml
 from ringgate.config import Settings
 from ringgate.metrics import COUNTERS, SLOTS
 from ringgate.ring import layout as L
-from tests.fixtures.gateway import free_port
+from tests.fixtures.nginx import nginx_binary, start_nginx
 
 DEPLOY = pathlib.Path(__file__).resolve().parents[2] / "deploy"
 DEFAULTS = Settings()
@@ -193,13 +192,6 @@ def test_kubernetes_manifest_sizes_shm_and_covers_the_drain():
 # -- nginx ------------------------------------------------------------------------------------
 
 
-def nginx_binary() -> str:
-    found = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/sbin")
-    if found is None:
-        pytest.skip("nginx not installed (Debian: nginx; .ci/run installs it)")
-    return found
-
-
 def test_nginx_conf_passes_nginx_t_and_matches_ringgate_defaults(tmp_path):
     nginx = nginx_binary()
     conf = DEPLOY / "nginx.conf"
@@ -272,42 +264,6 @@ class _Upstream:
             self.server.server_close()
 
 
-def _start_nginx(tmp_path: pathlib.Path, upstreams: list[_Upstream]) -> tuple[subprocess.Popen, int]:
-    """deploy/nginx.conf as shipped, with only what its comments say to substitute: the gateways'
-    addresses, the listen port; plus one worker (peer state is per worker) and temp paths here."""
-    text = (DEPLOY / "nginx.conf").read_text()
-    lines = []
-    for line in text.splitlines():
-        if "# GATEWAYS" in line:
-            if "8081" in line:  # the first line of each block: one line per stand-in
-                lines += [line.replace("8081", str(u.port)) for u in upstreams]
-            continue
-        lines.append(line)
-    text = "\n".join(lines)
-    port = free_port()
-    text = text.replace("listen 8080;", f"listen 127.0.0.1:{port};").replace("worker_processes auto;", "worker_processes 1;")
-    temp = "".join(f"    {kind}_temp_path {tmp_path}/{kind};\n" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
-    text = text.replace("http {\n", "http {\n" + temp, 1)
-    conf = tmp_path / "nginx.conf"
-    conf.write_text(text)
-    proc = subprocess.Popen(
-        [nginx_binary(), "-c", str(conf), "-p", f"{tmp_path}/", "-e", str(tmp_path / "error.log"),
-         "-g", f"pid {tmp_path}/nginx.pid; daemon off;"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,  # it logs to -e's file
-    )
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"nginx exited: {(tmp_path / 'error.log').read_text()}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return proc, port
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
-    raise AssertionError("nginx did not listen")
-
-
 def _post(port: int, body: bytes) -> tuple[int, str | None]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     try:
@@ -323,7 +279,7 @@ def _post(port: int, body: bytes) -> tuple[int, str | None]:
                          ids=["both-full", "one-dead-one-full", "one-full", "one-dead"])
 def test_nginx_conf_never_marks_a_full_gateway_down_and_skips_a_dead_one(tmp_path, first, second):
     upstreams = [_Upstream(first), _Upstream(second)]
-    proc, port = _start_nginx(tmp_path, upstreams)
+    proc, port = start_nginx(tmp_path, [u.port for u in upstreams])
     try:
         bodies = [json.dumps([{"n": i, "pad": "x" * i}]).encode() for i in range(8)]
         answers = [_post(port, body) for body in bodies]
