@@ -602,22 +602,28 @@ def test_both_copy_methods_load_the_same_rows_through_the_sink(postgres_server, 
     )
 
 
+@pytest.mark.parametrize("partition", ["none", "month"])
 def test_rows_name_the_instance_that_stored_them_and_an_old_table_gets_the_column(
-    postgres_server, postgres_table, sinks
+    postgres_server, postgres_table, sinks, partition
 ):
     with postgres_server.connect() as conn:
         # a table as ringgate made it before rows named their instance, holding one row
         conn.execute(
             f"CREATE TABLE {postgres_table} (ring smallint NOT NULL, epoch bigint NOT NULL, seq bigint NOT NULL,"
             " received_at timestamptz NOT NULL, record jsonb NOT NULL)"
+            + (" PARTITION BY RANGE (received_at)" if partition == "month" else "")
         )
-        conn.execute(f"INSERT INTO {postgres_table} VALUES (0, 1, 0, now(), '{{\"old\": 1}}')")
+        if partition == "month":  # an old partition: the column reaches it through the parent
+            conn.execute(f"CREATE TABLE {postgres_table}_p200001 PARTITION OF {postgres_table}"
+                         " FOR VALUES FROM ('2000-01-01') TO ('2000-02-01')")
+        conn.execute(f"INSERT INTO {postgres_table} VALUES (0, 1, 0, '2000-01-02', '{{\"old\": 1}}')")
     a = Batch.from_payloads([b'{"a":1}', b'{"a":2}'], ring=0, epoch=7, first_position=10)
     b = Batch.from_payloads([b'{"b":1}'], ring=0, epoch=7, first_position=10)
     for method in ("bulk", "rows"):
-        sinks(postgres_server.url, table=postgres_table, instance=f"host-a-{method}", copy_method=method).deliver(a)
+        sinks(postgres_server.url, table=postgres_table, instance=f"host-a-{method}", copy_method=method,
+              partition=partition).deliver(a)
         sinks(postgres_server.url, table=postgres_table, instance=f"host-b-{method}", copy_method=method,
-              dedup_key="k").deliver(b)
+              dedup_key="k", partition=partition).deliver(b)
     with postgres_server.connect() as conn:
         rows = conn.execute(
             f"SELECT instance, record FROM {postgres_table} ORDER BY instance, seq, record::text"
