@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import functools
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -36,6 +37,7 @@ OFFLOAD_COMPRESSED_BYTES = 4 << 10  # gzip can expand ~1000x
 _pool: concurrent.futures.ThreadPoolExecutor | None = None
 _IDENTITY = Encoding.IDENTITY
 _new_tuple = tuple.__new__
+log = logging.getLogger("ringgate.http")
 
 
 @dataclass(frozen=True)  # no slots: __post_init__ adds the remembered `formats`
@@ -82,6 +84,7 @@ def authenticate(gw: Gateway, req: Request, schemes: frozenset[str] = frozenset(
 
 async def accept(gw: Gateway, req: Request, intake: Intake) -> Accepted:
     records: Records | None = None
+    client = None
     headers = req.headers
     try:
         client = authenticate(gw, req, intake.schemes) if req.repeated or gw.keys.names else None
@@ -112,11 +115,22 @@ async def accept(gw: Gateway, req: Request, intake: Intake) -> Accepted:
     except Refusal as refusal:
         if gw.metrics is not None:
             gw.metrics.rejected(refusal.code, records.count if records is not None else 1)
+        log_refusal(gw, refusal, client)
         raise
     gw.metrics.inc("records_accepted_total", stored.count)
     if intake.ack_commit and req.scope.get("query_string") and req.query("ack") == "commit":
         return Accepted(stored, client, await gw.wait_committed(stored))
     return _new_tuple(Accepted, (stored, client, None))  # no NamedTuple __new__ frame per request
+
+
+def log_refusal(gw: Gateway, refusal: Refusal, client: str | None) -> None:
+    """One line per refused request: its code, the client's key name (never the key; `-` when the
+    key was missing or unknown, `anonymous` when auth is off) and the detail the client was sent.
+    The request id comes with it (the log formatter reads it from the task's context)."""
+    if client is None:
+        client = "-" if gw.keys.names else "anonymous"
+    log.log(logging.WARNING if refusal.status >= 500 else logging.INFO, "refused %d %s client=%s: %s",
+            refusal.status, refusal.code, client, refusal.detail)
 
 
 def _decode_sync(decode: Decoder, body: bytes, encoding: Encoding, limits) -> Records:
