@@ -84,12 +84,19 @@ class Gateway:
         self.rings = [Ring.attach(segment_name(self.settings.instance, i)) for i in range(count)]
         self._waiters = [[] for _ in self.rings]
         self.metrics = Metrics.attach(self.settings.instance)
+        self.register_clients()
         self.own = os.getpid() % len(self.rings)
         smallest = min(r.capacity for r in self.rings)
         self.limits = Limits(
             self.settings.max_body_bytes, self.settings.max_record_bytes, self.settings.max_records, smallest // 2
         )
         self.low_marks = [(r.words, int(self.settings.low_priority_fill * r.capacity)) for r in self.rings]
+
+    def register_clients(self) -> None:
+        """Give every key name a client column now: /metrics shows each configured client, at 0
+        until it sends (auth off: the one client `anonymous`)."""
+        for name in sorted(set(self.keys.names.values())) or [None]:
+            self.metrics.client_column(name)
 
     # -- in flight ------------------------------------------------------------------------------
 

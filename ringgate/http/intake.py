@@ -117,7 +117,7 @@ async def accept(gw: Gateway, req: Request, intake: Intake) -> Accepted:
             gw.metrics.rejected(refusal.code, records.count if records is not None else 1)
         log_refusal(gw, refusal, client)
         raise
-    gw.metrics.inc("records_accepted_total", stored.count)
+    gw.metrics.accepted(client, stored.count)
     if intake.ack_commit and req.scope.get("query_string") and req.query("ack") == "commit":
         return Accepted(stored, client, await gw.wait_committed(stored))
     return _new_tuple(Accepted, (stored, client, None))  # no NamedTuple __new__ frame per request

@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from ringgate.config import Settings
-from ringgate.metrics import COUNTERS, SLOTS
+from ringgate.metrics import SEGMENT_BYTES
 from ringgate.ring import layout as L
 from tests.fixtures.gateway import free_port
 
@@ -175,7 +175,7 @@ def test_kubernetes_manifest_sizes_shm_and_covers_the_drain():
 
     shm = next(v for v in pod["volumes"] if v["name"] == "shm")
     assert shm["emptyDir"]["medium"] == "Memory"
-    needed = settings.flushers * (settings.ring_bytes + L.HEADER_LENGTH) + SLOTS * COUNTERS * 8
+    needed = settings.flushers * (settings.ring_bytes + L.HEADER_LENGTH) + SEGMENT_BYTES
     assert _quantity(shm["emptyDir"]["sizeLimit"]) >= needed
     assert _quantity(container["resources"]["limits"]["memory"]) >= _quantity(shm["emptyDir"]["sizeLimit"])
     assert {"name": "shm", "mountPath": "/dev/shm"} in container["volumeMounts"]

@@ -48,3 +48,19 @@ def test_request_ids_are_echoed_or_made_on_every_answer_and_carried_by_the_log(m
     assert "refused 401 unauthorized client=-" in lines["trace-401"]["msg"]
     assert "trace-202-abc" not in lines  # no line per 202
     assert KEY not in gw.log() and "wrong-key" not in gw.log()
+
+
+def test_records_accepted_are_counted_per_key_name_across_workers(make_gateway, tmp_path):
+    keys = tmp_path / "keys"
+    keys.write_text("batch=k-batch-1\nidle=k-idle-2\n")
+    gw = make_gateway(WORKERS="2", API_KEYS=f"ci={KEY}", API_KEYS_FILE=str(keys))
+    for i in range(8):  # over two workers
+        assert gw.post([{"i": i}] * 3, headers={"Authorization": f"Bearer {KEY}"}).status == 202
+    assert gw.post([{"b": 1}], headers={"Authorization": "Bearer k-batch-1"}).status == 202
+    assert gw.post([{"b": 1}], headers={"Authorization": "Bearer nope"}).status == 401
+    clients = {k: v for k, v in gw.metrics().items() if k.startswith("ringgate_records_accepted_total")}
+    assert clients == {
+        'ringgate_records_accepted_total{client="ci"}': 24,
+        'ringgate_records_accepted_total{client="batch"}': 1,
+        'ringgate_records_accepted_total{client="idle"}': 0,  # known at start: there before it sends
+    }
