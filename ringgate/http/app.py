@@ -8,15 +8,20 @@ this factory and attaches to the rings at startup; it never creates or unlinks t
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import re
+import signal
+import threading
 from time import time_ns
 
 from .. import sources
 from ..config import Settings
+from ..errors import ConfigurationError
 from ..gateway import Gateway
-from ..process import REQUEST_ID, configure_logging, die_with_supervisor
+from ..keys import Keys
+from ..process import REQUEST_ID, SUPERVISOR_PID_ENV, configure_logging, die_with_supervisor
 from ..ring import RingError
 from . import status
 from .answers import json_answer
@@ -94,6 +99,11 @@ class App:
         self._ids = fresh_request_ids()  # a worker forked after the app was built draws its own
         configure_logging(self.settings.log_format, self.settings.log_level)
         die_with_supervisor()
+        if _under_supervisor():
+            try:  # SIGHUP in the loop, between requests, rather than between two bytecodes
+                asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.reload_keys)
+            except RuntimeError:
+                pass  # started outside the loop: the handler create_app set stays
         try:
             self.gateway.start()
         except (OSError, RingError) as exc:
@@ -145,6 +155,23 @@ class App:
         await send({"type": "http.response.start", "status": answer.status, "headers": headers})
         await send({"type": "http.response.body", "body": b"" if method == "HEAD" else answer.body})
 
+    def reload_keys(self) -> None:
+        """SIGHUP (the supervisor passes it on): re-read RINGGATE_API_KEYS_FILE and swap this
+        worker's Keys; a request holds the Keys it started with. A file that cannot be read or
+        holds no key leaves the keys in force as they were (auth never fails open)."""
+        gw = self.gateway
+        if not self.settings.api_keys_file:
+            return
+        try:
+            keys = Keys.from_settings(self.settings)
+        except ConfigurationError as exc:
+            log.error("SIGHUP: API keys not reloaded, the %d in force stay: %s", len(gw.keys.names), exc)
+            return
+        gw.keys = keys
+        if gw.metrics is not None:
+            gw.register_clients()
+        log.info("SIGHUP: API keys reloaded from RINGGATE_API_KEYS_FILE: %d key(s)", len(keys.names))
+
     async def _lifespan(self, receive, send) -> None:
         while True:
             message = await receive()
@@ -160,6 +187,18 @@ class App:
                 return
 
 
+def _under_supervisor() -> bool:
+    return SUPERVISOR_PID_ENV in os.environ and threading.current_thread() is threading.main_thread()
+
+
 def create_app(settings: Settings | None = None) -> App:
-    """The worker's app; without settings, those the supervisor handed down (or the environment)."""
-    return App(settings if settings is not None else Settings.from_child_environ())
+    """The worker's app; without settings, those the supervisor handed down (or the environment).
+
+    Under a supervisor, SIGHUP is caught before the key file is first read, so no reload falls in
+    between; App.start moves the handler into the event loop."""
+    made: list[App] = []
+    if _under_supervisor():
+        signal.signal(signal.SIGHUP, lambda *_: made and made[0].reload_keys())
+    app = App(settings if settings is not None else Settings.from_child_environ())
+    made.append(app)
+    return app

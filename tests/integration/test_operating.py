@@ -4,7 +4,11 @@ client's name in the refusal lines and in ringgate_records_accepted_total{client
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
+import threading
+import time
 
 from tests.sinkdata import wait_for
 
@@ -64,3 +68,59 @@ def test_records_accepted_are_counted_per_key_name_across_workers(make_gateway, 
         'ringgate_records_accepted_total{client="batch"}': 1,
         'ringgate_records_accepted_total{client="idle"}': 0,  # known at start: there before it sends
     }
+
+
+def _replace(path, text: str) -> None:
+    """As an operator's tool writes it: a new file renamed over the old."""
+    tmp = path.with_suffix(".new")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _accepted(gw, key: str, n: int = 12) -> set[int]:
+    """Statuses of n requests with `key`, each on a new connection (so over every worker)."""
+    return {gw.post([{"k": 1}], headers={"Authorization": f"Bearer {key}"}).status for _ in range(n)}
+
+
+def test_sighup_reloads_the_key_file_in_every_worker_under_load_without_a_5xx(make_gateway, tmp_path):
+    keys = tmp_path / "keys"
+    keys.write_text("old=k-old\nkeep=k-keep\n")
+    gw = make_gateway(WORKERS="2", API_KEYS_FILE=str(keys))
+    workers = sorted(gw.children()["worker"])
+    assert _accepted(gw, "k-old") == {202} and _accepted(gw, "k-new") == {401}
+    statuses: list[int] = []
+    stop = threading.Event()
+
+    def load():  # bounded: at most 3,000 requests or until told to stop
+        while not stop.is_set() and len(statuses) < 3000:
+            try:
+                statuses.append(gw.post([{"load": 1}], headers={"Authorization": "Bearer k-keep"}, timeout=10).status)
+            except OSError as exc:  # a dropped connection is what this test is about
+                statuses.append(type(exc).__name__)
+
+    loader = threading.Thread(target=load)
+    loader.start()
+    try:
+        time.sleep(0.3)
+        _replace(keys, "keep=k-keep\nnew=k-new\n")
+        gw.signal(signal.SIGHUP)
+        wait_for(lambda: _accepted(gw, "k-new") == {202} and _accepted(gw, "k-old") == {401}, timeout=20,
+                 what="every worker on the new keys")
+        # a file gone bad keeps the keys in force (auth never fails open)
+        keys.write_text("# nothing\n")
+        gw.signal(signal.SIGHUP)
+        wait_for(lambda: gw.log().count("API keys not reloaded") >= 2, timeout=20, what="both workers' errors")
+        os.unlink(keys)
+        gw.signal(signal.SIGHUP)
+        wait_for(lambda: gw.log().count("API keys not reloaded") >= 4, timeout=20, what="both workers' errors")
+        assert _accepted(gw, "k-new") == {202} and _accepted(gw, "k-old") == {401}
+        assert _accepted(gw, "wrong") == {401}
+    finally:
+        stop.set()
+        loader.join(60)
+    assert statuses and set(statuses) == {202}, {s: statuses.count(s) for s in set(statuses)}
+    assert sorted(gw.children()["worker"]) == workers  # reloaded in place: no worker restarted
+    m = gw.metrics()
+    assert m['ringgate_records_accepted_total{client="new"}'] >= 12  # a name that came with the reload
+    assert "k-new" not in gw.log() and "k-keep" not in gw.log()
+    assert gw.stop() == 0
