@@ -7,7 +7,8 @@ Builds the app as bench/test_bench_app.py does (a real native ring, shared-memor
 up, switches instrumentation on (`callgrind_control -i on` on its own pid), sends `requests`
 POST /v1/ingest of the e2e body (every answer a 202), switches it off and prints the pid; the
 instructions per request are the `summary:` of the out file divided by `requests`
-(`callgrind_annotate /tmp/cg.<pid> | head`). Set `RINGGATE_REQUEST_ID=1` to send an X-Request-ID.
+(`callgrind_annotate /tmp/cg.<pid> | head`). Set `RINGGATE_REQUEST_ID=1` to send an X-Request-ID,
+`RINGGATE_RATE_LIMIT=1000000000/s` to measure the limiter (a limit never reached).
 """
 
 from __future__ import annotations
@@ -38,6 +39,9 @@ def main() -> None:
     ring = Ring.create(segment_name(instance, 0), 64 << 20)
     ring.flusher_pid = os.getpid()
     Metrics.create(instance)
+    from ringgate import ratelimit
+
+    ratelimit.create(instance)
     try:
         app = create_app(Settings.from_environ())
         app.gateway.start()
@@ -82,6 +86,7 @@ def main() -> None:
         ring.close()
         ring.unlink()
         Metrics.unlink(instance)
+        ratelimit.unlink(instance)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from .errors import Refusal
 from .keys import Keys
 from .metrics import Metrics
 from .process import RING_COUNT_ENV, pid_alive
+from .ratelimit import Limiter
 from .ring import FREE_WORD, PRODUCER_WORD, Ring, segment_name
 from .ring import layout as L
 
@@ -72,6 +73,7 @@ class Gateway:
         self._waiters: list[list[tuple[int, int, asyncio.Future]]] = []  # per ring: heap by position
         self._poller: asyncio.Task | None = None
         self.low_marks: list[tuple[memoryview, int]] = []
+        self.limiter: Limiter | None = None  # RINGGATE_RATE_LIMIT
 
     @property
     def started(self) -> bool:
@@ -84,6 +86,8 @@ class Gateway:
         self.rings = [Ring.attach(segment_name(self.settings.instance, i)) for i in range(count)]
         self._waiters = [[] for _ in self.rings]
         self.metrics = Metrics.attach(self.settings.instance)
+        if self.settings.rate_limit:
+            self.limiter = Limiter(self.settings.instance, self.settings.rate_limit)
         self.register_clients()
         self.own = os.getpid() % len(self.rings)
         smallest = min(r.capacity for r in self.rings)

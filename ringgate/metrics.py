@@ -49,6 +49,7 @@ REJECT_REASONS = (
     # the shipper protocols' own: OTLP, Elasticsearch bulk, Splunk HEC, Loki
     "invalid_protobuf", "invalid_otlp", "invalid_action", "invalid_bulk", "no_documents", "channel_missing",
     "invalid_labels", "invalid_timestamp", "event_required", "event_blank",
+    "rate_limited",
     "other",
 )
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)

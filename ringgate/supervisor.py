@@ -21,6 +21,7 @@ import sys
 import threading
 import time
 
+from . import ratelimit
 from .config import Settings
 from .errors import ConfigurationError, UntrustedFileError
 from .metrics import Metrics
@@ -217,9 +218,12 @@ def _open_shared_memory(settings: Settings) -> list[Ring]:
     (UntrustedFileError), and nothing of anyone else's is changed."""
     Metrics.create(settings.instance)
     try:
+        if settings.rate_limit:
+            ratelimit.create(settings.instance)
         return _open_rings(settings)
     except BaseException:
         Metrics.unlink(settings.instance)
+        ratelimit.unlink(settings.instance)
         raise
 
 
@@ -321,6 +325,7 @@ def _drain(settings: Settings, rings: list[Ring], manager: FlusherManager, lock:
         ring.close()
         ring.unlink()
     Metrics.unlink(settings.instance)
+    ratelimit.unlink(settings.instance)
     log.info("drained: every acknowledged record is delivered")
     lock.release(unlink=True)
     return EXIT_OK

@@ -100,6 +100,8 @@ async def accept(gw: Gateway, req: Request, intake: Intake) -> Accepted:
             else:
                 records = await _decode(gw, decode, body, encoding)
             del body
+            if gw.limiter is not None:  # per key name, else per address
+                gw.limiter.take(client if client is not None else req.client, records.count)
             priority = records.priority
             if priority is None:
                 priority = header_priority or 0

@@ -124,3 +124,54 @@ def test_sighup_reloads_the_key_file_in_every_worker_under_load_without_a_5xx(ma
     assert m['ringgate_records_accepted_total{client="new"}'] >= 12  # a name that came with the reload
     assert "k-new" not in gw.log() and "k-keep" not in gw.log()
     assert gw.stop() == 0
+
+
+def _per_worker_accepted(instance: str, client: str, pids: list[int]) -> dict[int, int]:
+    """Records accepted for `client` by each of `pids`, from their rows of the metrics segment."""
+    from ringgate.metrics import CLIENT_BASE, MetricsView, _read_names
+
+    view = MetricsView(instance)
+    try:
+        column = CLIENT_BASE + _read_names(view._mm).index(client.encode())
+        return {int(row[0]): int(row[column]) for row in view._table if int(row[0]) in pids}
+    finally:
+        view.close()
+
+
+def test_rate_limit_is_per_client_and_shared_by_the_workers(make_gateway):
+    gw = make_gateway(WORKERS="2", API_KEYS="a=k-a,b=k-b", RATE_LIMIT="100/s")
+    workers = gw.children()["worker"]
+    a = {"Authorization": "Bearer k-a"}
+    taken, refusals = 0, []
+    start = time.monotonic()
+    for _ in range(400):  # bounded: 400 requests or 1.5 s, each on a new connection (either worker)
+        answer = gw.post([{"r": i} for i in range(10)], headers=a)
+        assert answer.status in (202, 429), answer.body
+        if answer.status == 202:
+            taken += 10
+        else:
+            refusals.append(answer)
+        if time.monotonic() - start > 1.5:
+            break
+    elapsed = time.monotonic() - start
+    # the burst (100) plus the refill, not twice that: one bucket for both workers
+    assert 100 <= taken <= 100 + 100 * elapsed + 10, (taken, elapsed)
+    served = _per_worker_accepted(gw.instance, "a", workers)
+    assert len(served) == 2 and all(served.values()), served  # both workers took part
+    assert refusals and refusals[0].json()["error"] == "rate_limited"
+    assert {r.headers["retry-after"] for r in refusals} == {"1"}  # 10 records at 100/s: within a second
+    # another client has its own bucket
+    assert gw.post([{"r": i} for i in range(10)], headers={"Authorization": "Bearer k-b"}).status == 202
+    # Retry-After is what the bucket implies: after it, the request goes in
+    time.sleep(1.0)
+    assert gw.post([{"r": i} for i in range(10)], headers=a).status == 202
+    m = gw.metrics()
+    assert m['ringgate_records_rejected_total{reason="rate_limited"}'] == 10 * len(refusals)
+
+
+def test_rate_limit_without_keys_is_per_address(make_gateway):
+    gw = make_gateway(RATE_LIMIT="5/s")
+    assert gw.post([{"r": i} for i in range(5)]).status == 202
+    answer = gw.post([{"r": 1}] * 3)
+    assert answer.status == 429 and answer.headers["retry-after"] == "1"
+    assert "refused 429 rate_limited client=anonymous" in gw.log()
