@@ -144,6 +144,7 @@ def test_systemd_unit_verifies_and_lets_the_supervisor_drain(tmp_path):
     assert float(service["TimeoutStopSec"]) >= DEFAULTS.drain_timeout_s + 10
     assert service["RemoveIPC"] == "no" and service["PrivateDevices"] == "no"
     assert service["ExecStart"].endswith("ringgate serve")
+    assert service["ExecReload"] == "/bin/kill -HUP $MAINPID"  # the key file, re-read in place
     analyze = shutil.which("systemd-analyze")
     if analyze is None:
         pytest.skip("systemd-analyze not installed; the unit parsed")
