@@ -24,7 +24,7 @@ import os
 import numpy as np
 
 from .process import pid_alive
-from .shm import open_private
+from .shm import create_segment, open_private
 
 SHM_DIR = "/dev/shm"
 SLOTS = 256
@@ -103,16 +103,7 @@ class Metrics:
 
         One left by a crashed run of ours is reused, zeroed; one we did not make is refused
         (UntrustedFileError) before it is truncated: it may be a symlink to any file of ours."""
-        path = segment_path(instance)
-        try:
-            fd = open_private(path, create=True, exclusive=True)
-        except FileExistsError:
-            fd = open_private(path)
-            os.ftruncate(fd, 0)
-        try:
-            os.posix_fallocate(fd, 0, SEGMENT_BYTES)
-        finally:
-            os.close(fd)
+        create_segment(segment_path(instance), SEGMENT_BYTES)
 
     @classmethod
     def attach(cls, instance: str) -> Metrics:

@@ -31,7 +31,7 @@ import os
 import time
 
 from .errors import ConfigurationError, Refusal
-from .shm import open_private
+from .shm import create_segment, open_private
 
 SHM_DIR = "/dev/shm"
 GROUPS = 512
@@ -68,16 +68,7 @@ def segment_path(instance: str) -> str:
 def create(instance: str) -> None:
     """The supervisor's: a fresh, zeroed table (one of ours left by a crash is reused, zeroed;
     one we did not make is refused, UntrustedFileError)."""
-    path = segment_path(instance)
-    try:
-        fd = open_private(path, create=True, exclusive=True)
-    except FileExistsError:
-        fd = open_private(path)
-        os.ftruncate(fd, 0)
-    try:
-        os.posix_fallocate(fd, 0, SEGMENT_BYTES)
-    finally:
-        os.close(fd)
+    create_segment(segment_path(instance), SEGMENT_BYTES)
 
 
 def unlink(instance: str) -> None:

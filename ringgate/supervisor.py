@@ -217,13 +217,16 @@ def _open_shared_memory(settings: Settings) -> list[Ring]:
     """The metrics segment, then the rings; nothing of ours is left behind if either is refused
     (UntrustedFileError), and nothing of anyone else's is changed."""
     Metrics.create(settings.instance)
+    limited = False
     try:
         if settings.rate_limit:
             ratelimit.create(settings.instance)
+            limited = True
         return _open_rings(settings)
     except BaseException:
         Metrics.unlink(settings.instance)
-        ratelimit.unlink(settings.instance)
+        if limited:  # only what we made: a refused segment is someone else's
+            ratelimit.unlink(settings.instance)
         raise
 
 

@@ -17,6 +17,7 @@ import asyncio
 import concurrent.futures
 import functools
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -125,10 +126,30 @@ async def accept(gw: Gateway, req: Request, intake: Intake) -> Accepted:
     return _new_tuple(Accepted, (stored, client, None))  # no NamedTuple __new__ frame per request
 
 
+REFUSAL_LINES_PER_S = 20
+_refusal_window = [0.0, 0, 0]  # when this second began, lines logged in it, lines not logged since
+
+
 def log_refusal(gw: Gateway, refusal: Refusal, client: str | None) -> None:
     """One line per refused request: its code, the client's key name (never the key; `-` when the
     key was missing or unknown, `anonymous` when auth is off) and the detail the client was sent.
-    The request id comes with it (the log formatter reads it from the task's context)."""
+    The request id comes with it (the log formatter reads it from the task's context).
+
+    At most REFUSAL_LINES_PER_S lines a second per worker: a full ring answers thousands of 429s
+    a second, and the log must not grow with them. The lines left out are counted, and said in
+    one line with the next refusal logged (ringgate_records_rejected_total counts them all)."""
+    window = _refusal_window
+    now = time.monotonic()
+    if now - window[0] >= 1.0:
+        if window[2]:
+            log.warning("%d more refused request(s) not logged since %.1f s ago (at most %d lines a second "
+                        "per worker; ringgate_records_rejected_total counts every one)",
+                        window[2], now - window[0], REFUSAL_LINES_PER_S)
+        window[0], window[1], window[2] = now, 0, 0
+    if window[1] >= REFUSAL_LINES_PER_S:
+        window[2] += 1
+        return
+    window[1] += 1
     if client is None:
         client = "-" if gw.keys.names else "anonymous"
     log.log(logging.WARNING if refusal.status >= 500 else logging.INFO, "refused %d %s client=%s: %s",
