@@ -15,6 +15,7 @@ import msgspec
 
 from .errors import ConfigurationError
 from .keys import parse_entries, read_file
+from .ratelimit import parse_rate
 from .sinks import check_url
 
 MIB = 1 << 20
@@ -65,6 +66,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     tls_cert: str = ""  # PEM paths; both or neither: HTTPS only
     tls_key: str = ""
     http: str = "1"  # "1": HTTP/1.1 only; "auto": HTTP/2 too
+    rate_limit: float = 0.0  # records per second per client (RINGGATE_RATE_LIMIT); 0: none
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -152,6 +154,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             tls_cert=tls_cert,
             tls_key=tls_key,
             http=r.choice("RINGGATE_HTTP", "1", HTTP_MODES),
+            rate_limit=parse_rate(env.get("RINGGATE_RATE_LIMIT", "")),
         )
 
     def to_child_environ(self) -> dict[str, str]:

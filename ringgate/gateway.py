@@ -16,6 +16,7 @@ from .errors import Refusal
 from .keys import Keys
 from .metrics import Metrics
 from .process import RING_COUNT_ENV, pid_alive
+from .ratelimit import Limiter
 from .ring import FREE_WORD, PRODUCER_WORD, Ring, segment_name
 from .ring import layout as L
 
@@ -73,6 +74,7 @@ class Gateway:
         self._waiters: list[list[tuple[int, int, asyncio.Future]]] = []  # per ring: heap by position
         self._poller: asyncio.Task | None = None
         self.low_marks: list[tuple[memoryview, int]] = []
+        self.limiter: Limiter | None = None  # RINGGATE_RATE_LIMIT
 
     @property
     def started(self) -> bool:
@@ -86,12 +88,21 @@ class Gateway:
         self._waiters = [[] for _ in self.rings]
         self._served_until = [0.0] * len(self.rings)
         self.metrics = Metrics.attach(self.settings.instance)
+        if self.settings.rate_limit:
+            self.limiter = Limiter(self.settings.instance, self.settings.rate_limit)
+        self.register_clients()
         self.own = os.getpid() % len(self.rings)
         smallest = min(r.capacity for r in self.rings)
         self.limits = Limits(
             self.settings.max_body_bytes, self.settings.max_record_bytes, self.settings.max_records, smallest // 2
         )
         self.low_marks = [(r.words, int(self.settings.low_priority_fill * r.capacity)) for r in self.rings]
+
+    def register_clients(self) -> None:
+        """Give every key name a client column now: /metrics shows each configured client, at 0
+        until it sends (auth off: the one client `anonymous`)."""
+        for name in sorted(set(self.keys.names.values())) or [None]:
+            self.metrics.client_column(name)
 
     # -- in flight ------------------------------------------------------------------------------
 

@@ -1,10 +1,17 @@
 """Counters in shared memory, aggregated over every process, rendered as Prometheus text.
 
-One segment per instance, `/dev/shm/<instance>-metrics`: SLOTS rows of COUNTERS int64 values.
+One segment per instance, `/dev/shm/<instance>-metrics`: SLOTS rows of COUNTERS int64 values,
+then the client-name table (CLIENTS names of at most NAME_BYTES - 1 bytes).
 Each process (HTTP worker or flusher) takes a row of its own, so every counter has a single
 writer and needs no atomics (one aligned 8-byte store). A process that dies leaves its row
 behind; the next process to take the row keeps adding to it, so totals never go backwards.
 A scrape sums the rows.
+
+Records accepted are also counted per client (`ringgate_records_accepted_total{client}`): the
+client is a key's name (or `anonymous` when auth is off), never an address, so the label set is
+bounded by the keys an operator configured. A name takes a column the first time any process
+of the instance meets it (the table is in the segment, so every process and every reload agrees
+on it); past CLIENTS names, the rest share the `other` column.
 """
 
 from __future__ import annotations
@@ -17,13 +24,20 @@ import os
 import numpy as np
 
 from .process import pid_alive
-from .shm import open_private
+from .shm import create_segment, open_private
 
 SHM_DIR = "/dev/shm"
 SLOTS = 256
-COUNTERS = 128
+COUNTERS = 256
 ROW_BYTES = COUNTERS * 8
 OWNER = 0  # column 0 of a row: the pid that owns it
+CLIENTS = 64
+CLIENT_BASE = 128  # columns CLIENT_BASE + i: records accepted from the client named in table slot i
+OTHER_CLIENT = CLIENT_BASE + CLIENTS  # every client past the first CLIENTS names
+NAME_BYTES = 64  # a table slot: one length byte, then the name in UTF-8 (cut at 63 bytes)
+NAMES_OFFSET = SLOTS * ROW_BYTES
+SEGMENT_BYTES = NAMES_OFFSET + CLIENTS * NAME_BYTES
+ANONYMOUS = "anonymous"
 
 STATUS_CODES = (200, 202, 204, 400, 401, 403, 404, 405, 408, 413, 415, 429, 500, 503, 504)
 REJECT_REASONS = (
@@ -35,6 +49,7 @@ REJECT_REASONS = (
     # the shipper protocols' own: OTLP, Elasticsearch bulk, Splunk HEC, Loki
     "invalid_protobuf", "invalid_otlp", "invalid_action", "invalid_bulk", "no_documents", "channel_missing",
     "invalid_labels", "invalid_timestamp", "event_required", "event_blank",
+    "rate_limited",
     "other",
 )
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -48,7 +63,7 @@ def _columns() -> dict[str, int]:
     names += ["records_dead_lettered_total"]
     names += [f"batch_delivery_seconds_bucket:{b}" for b in LATENCY_BUCKETS]
     names += ["batch_delivery_seconds_count", "batch_delivery_seconds_sum_us"]
-    assert len(names) < COUNTERS
+    assert len(names) < CLIENT_BASE
     return {name: i + 1 for i, name in enumerate(names)}
 
 
@@ -57,7 +72,6 @@ _STATUS_COLUMN = {code: COLUMN[f"requests_total:{code}"] for code in STATUS_CODE
 _OTHER_STATUS_COLUMN = COLUMN["requests_total:other"]
 STATUS_COLUMN_OF = [_STATUS_COLUMN.get(code, _OTHER_STATUS_COLUMN) for code in range(600)]
 """HTTP status → its requests_total column, for `row[STATUS_COLUMN_OF[status]] += 1` per request."""
-ACCEPTED_COLUMN = COLUMN["records_accepted_total"]
 _OTHER_REASON_COLUMN = COLUMN["records_rejected_total:other"]  # a source's own codes, until listed
 
 
@@ -71,19 +85,22 @@ class Metrics:
     def __init__(self, path: str) -> None:
         fd = open_private(path)
         try:
-            self._mm = mmap.mmap(fd, SLOTS * ROW_BYTES)
+            self._mm = mmap.mmap(fd, SEGMENT_BYTES)
             fcntl.flock(fd, fcntl.LOCK_EX)  # serialise row allocation between processes
-            table = np.frombuffer(self._mm, dtype=np.int64).reshape(SLOTS, COUNTERS)
+            table = np.frombuffer(self._mm, dtype=np.int64, count=SLOTS * COUNTERS).reshape(SLOTS, COUNTERS)
             row = _free_row(table)
             table[row, OWNER] = os.getpid()
             fcntl.flock(fd, fcntl.LOCK_UN)
-        finally:
+        except BaseException:
             os.close(fd)
+            raise
+        self._fd = fd  # kept: the client-name table is extended under the same flock
         self._table = table
         self._row = memoryview(self._mm).cast("q")[row * COUNTERS : (row + 1) * COUNTERS]
         self.row = self._row
-        """This process's counters, for the per-request increments that cannot afford a call
-        (the HTTP path: ACCEPTED_COLUMN, STATUS_COLUMN_OF); a single writer, so `+=` is enough."""
+        """This process's counters, for the per-request increment that cannot afford a call
+        (the HTTP path's STATUS_COLUMN_OF); a single writer, so `+=` is enough."""
+        self._client_columns: dict[str | None, int] = {}
 
     @classmethod
     def create(cls, instance: str) -> None:
@@ -91,16 +108,7 @@ class Metrics:
 
         One left by a crashed run of ours is reused, zeroed; one we did not make is refused
         (UntrustedFileError) before it is truncated: it may be a symlink to any file of ours."""
-        path = segment_path(instance)
-        try:
-            fd = open_private(path, create=True, exclusive=True)
-        except FileExistsError:
-            fd = open_private(path)
-            os.ftruncate(fd, 0)
-        try:
-            os.posix_fallocate(fd, 0, SLOTS * ROW_BYTES)
-        finally:
-            os.close(fd)
+        create_segment(segment_path(instance), SEGMENT_BYTES)
 
     @classmethod
     def attach(cls, instance: str) -> Metrics:
@@ -115,6 +123,34 @@ class Metrics:
 
     def inc(self, name: str, n: int = 1) -> None:
         self._row[COLUMN[name]] += n
+
+    def accepted(self, client: str | None, n: int) -> None:
+        """n records acknowledged for `client` (a key's name; None: auth is off)."""
+        column = self._client_columns.get(client)
+        if column is None:
+            column = self.client_column(client)
+        self._row[column] += n  # records_accepted_total is the sum of the client columns
+
+    def client_column(self, client: str | None) -> int:
+        """The column of a client's name: its slot in the shared table, taken if new (under the
+        segment's flock, so two processes never give one name two slots), else `other`."""
+        name = _name_bytes(ANONYMOUS if client is None else client)
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        try:
+            names = _read_names(self._mm)
+            if name in names:
+                column = CLIENT_BASE + names.index(name)
+            elif len(names) < CLIENTS:
+                at = NAMES_OFFSET + len(names) * NAME_BYTES
+                self._mm[at + 1 : at + 1 + len(name)] = name
+                self._mm[at] = len(name)  # the length last: a reader sees the whole name or none
+                column = CLIENT_BASE + len(names)
+            else:
+                column = OTHER_CLIENT
+        finally:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+        self._client_columns[client] = column
+        return column
 
     def request(self, status: int) -> None:
         self._row[_STATUS_COLUMN.get(status, _OTHER_STATUS_COLUMN)] += 1
@@ -131,7 +167,7 @@ class Metrics:
         self._row[COLUMN["batch_delivery_seconds_sum_us"]] += int(seconds * 1e6)
 
     def totals(self) -> dict[str, int]:
-        return _totals(self._table)
+        return _totals(self._table, self._mm)
 
 
 class MetricsView:
@@ -141,13 +177,13 @@ class MetricsView:
     def __init__(self, instance: str) -> None:
         fd = os.open(segment_path(instance), os.O_RDONLY)
         try:
-            self._mm = mmap.mmap(fd, SLOTS * ROW_BYTES, prot=mmap.PROT_READ)
+            self._mm = mmap.mmap(fd, SEGMENT_BYTES, prot=mmap.PROT_READ)
         finally:
             os.close(fd)
-        self._table = np.frombuffer(self._mm, dtype=np.int64).reshape(SLOTS, COUNTERS)
+        self._table = np.frombuffer(self._mm, dtype=np.int64, count=SLOTS * COUNTERS).reshape(SLOTS, COUNTERS)
 
     def totals(self) -> dict[str, int]:
-        return _totals(self._table)
+        return _totals(self._table, self._mm)
 
     def owners(self) -> list[int]:
         """Pids that ever took a row, dead ones included (a row keeps its last owner)."""
@@ -158,9 +194,45 @@ class MetricsView:
         self._mm.close()
 
 
-def _totals(table: np.ndarray) -> dict[str, int]:
+CLIENT_PREFIX = "records_accepted_total:client:"
+
+
+def _totals(table: np.ndarray, mm: mmap.mmap) -> dict[str, int]:
+    """Every counter summed over the rows; per client as `records_accepted_total:client:<name>`."""
     sums = table[:, 1:].sum(axis=0)
-    return {name: int(sums[col - 1]) for name, col in COLUMN.items()}
+    totals = {name: int(sums[col - 1]) for name, col in COLUMN.items()}
+    for i, name in enumerate(_read_names(mm)):
+        totals[CLIENT_PREFIX + name.decode("utf-8", "replace")] = int(sums[CLIENT_BASE + i - 1])
+    other = int(sums[OTHER_CLIENT - 1])
+    if other:
+        totals[CLIENT_PREFIX + "other"] = other
+    totals["records_accepted_total"] += int(sums[CLIENT_BASE - 1 : OTHER_CLIENT].sum())
+    return totals
+
+
+def _name_bytes(name: str) -> bytes:
+    raw = name.encode("utf-8")[: NAME_BYTES - 1]
+    return raw.decode("utf-8", "ignore").encode("utf-8")  # never half a character
+
+
+def _read_names(mm: mmap.mmap) -> list[bytes]:
+    names = []
+    for i in range(CLIENTS):
+        at = NAMES_OFFSET + i * NAME_BYTES
+        length = mm[at]
+        if not length:
+            break
+        names.append(mm[at + 1 : at + 1 + length])
+    return names
+
+
+def client_totals(totals: dict[str, int]) -> dict[str, int]:
+    """{client name: records accepted} out of `totals`."""
+    return {k[len(CLIENT_PREFIX):]: v for k, v in totals.items() if k.startswith(CLIENT_PREFIX)}
+
+
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
 def _free_row(table: np.ndarray) -> int:
@@ -187,8 +259,12 @@ def render(totals: dict[str, int], sink: str, rings: list[dict]) -> str:
     for code in STATUS_CODES:
         out.append(f'ringgate_requests_total{{code="{code}"}} {totals[f"requests_total:{code}"]}')
     out.append(f'ringgate_requests_total{{code="other"}} {totals["requests_total:other"]}')
-    family("records_accepted_total", "counter", "Records acknowledged (2xx) into a ring.")
-    out.append(f"ringgate_records_accepted_total {totals['records_accepted_total']}")
+    family("records_accepted_total", "counter",
+           "Records acknowledged (2xx) into a ring, by client (API key name; anonymous when auth is off).")
+    clients = client_totals(totals)
+    out += [f'ringgate_records_accepted_total{{client="{_label(c)}"}} {n}' for c, n in sorted(clients.items())]
+    if not clients:
+        out.append(f'ringgate_records_accepted_total{{client="{ANONYMOUS}"}} 0')
     family("records_rejected_total", "counter",
            "Records refused, by reason; a request whose body could not be decoded counts as one.")
     for reason in REJECT_REASONS:

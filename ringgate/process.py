@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import ctypes
 import json
 import logging
@@ -14,6 +15,10 @@ from collections.abc import Iterable
 SUPERVISOR_PID_ENV = "RINGGATE_SUPERVISOR_PID"
 RING_COUNT_ENV = "RINGGATE_RING_COUNT"  # rings of this run: adopted ones may outnumber RINGGATE_FLUSHERS
 PR_SET_PDEATHSIG = 1
+
+REQUEST_ID: contextvars.ContextVar[bytes | None] = contextvars.ContextVar("ringgate_request_id", default=None)
+"""The X-Request-ID of the request this task serves (ringgate.http.app sets it per request); every
+log line written while it is set carries it: `request_id` in JSON, ` request_id=<id>` in text."""
 
 
 def die_with_supervisor() -> None:
@@ -91,11 +96,29 @@ class _JsonFormatter(logging.Formatter):
             "pid": record.process,
             "msg": record.getMessage(),
         }
+        request_id = getattr(record, "request_id", None)
+        if request_id:
+            entry["request_id"] = request_id
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         elif record.exc_text:
             entry["exc"] = record.exc_text
         return json.dumps(entry)
+
+
+class _TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        request_id = getattr(record, "request_id", None)
+        return f"{line} request_id={request_id}" if request_id else line
+
+
+def _with_request_id(record: logging.LogRecord) -> bool:
+    """A handler filter: the record takes the request id of the task that logs it."""
+    if not hasattr(record, "request_id"):
+        request_id = REQUEST_ID.get()
+        record.request_id = request_id.decode("ascii") if request_id is not None else None
+    return True
 
 
 class _ScrubbingFormatter(logging.Formatter):
@@ -137,8 +160,9 @@ def configure_logging(fmt: str, level: str, secrets: Iterable[str] | None = None
     if fmt == "json":
         inner: logging.Formatter = _JsonFormatter()
     else:
-        inner = logging.Formatter("%(asctime)s %(levelname)s %(name)s[%(process)d] %(message)s")
+        inner = _TextFormatter("%(asctime)s %(levelname)s %(name)s[%(process)d] %(message)s")
     handler.setFormatter(_ScrubbingFormatter(inner, secrets))
+    handler.addFilter(_with_request_id)
     root = logging.getLogger("ringgate")
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

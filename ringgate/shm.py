@@ -48,6 +48,21 @@ def open_private(path: str, *, create: bool = False, exclusive: bool = False) ->
     return fd
 
 
+def create_segment(path: str, size: int) -> None:
+    """A fresh, zeroed segment of `size` bytes, 0600: one of ours left by a crashed run is reused,
+    zeroed; one we did not make is refused (UntrustedFileError) before it is truncated, since it
+    may be a symlink to any file of ours."""
+    try:
+        fd = open_private(path, create=True, exclusive=True)
+    except FileExistsError:
+        fd = open_private(path)
+        os.ftruncate(fd, 0)
+    try:
+        os.posix_fallocate(fd, 0, size)
+    finally:
+        os.close(fd)
+
+
 def check_private(fd: int, path: str) -> None:
     """UntrustedFileError unless `fd` is a regular file of ours that nobody else may open."""
     st = os.fstat(fd)

@@ -18,7 +18,7 @@ import sys
 import time
 from typing import Any, TextIO
 
-from .metrics import MetricsView, segment_path
+from .metrics import MetricsView, client_totals, segment_path
 from .process import pid_alive, process_cmdline, process_state
 from .ring import Ring, RingError, existing_rings, segment_name
 from .ring import layout as L
@@ -155,6 +155,7 @@ def _summary(totals: dict[str, int] | None) -> dict[str, int] | None:
     }
     out["requests_by_code"] = {k.split(":", 1)[1]: v for k, v in totals.items()
                                if k.startswith("requests_total:") and v}
+    out["records_accepted_by_client"] = client_totals(totals)
     return out
 
 
@@ -173,6 +174,9 @@ def rates(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any] | Non
                       ("requests", "requests_per_s"), ("records_rejected", "records_rejected_per_s"),
                       ("delivery_retries", "delivery_retries_per_s")):
         out[name] = per_s(t0[key], t1[key]) if t0 and t1 else None
+    c0 = (t0 or {}).get("records_accepted_by_client", {})
+    c1 = (t1 or {}).get("records_accepted_by_client", {})
+    out["clients"] = {name: per_s(c0.get(name, 0), n) for name, n in c1.items()}
     old = {(r["ring"], r["epoch"]): r for r in before["rings"]}
     out["rings"] = []
     for r in after["rings"]:
@@ -252,6 +256,10 @@ def render(snap: dict[str, Any]) -> str:
             f"{ring['consumer_position']:>14} {ring['flusher_pid'] or '-':>8} {flusher:>9} "
             f"{ring['oldest_age_s']:>6.1f}s  {sink}"
         )
+    clients = r.get("clients") or {}
+    if clients:
+        lines.append("")
+        lines.append("records in per client: " + "  ".join(f"{name} {_rate(v)}" for name, v in sorted(clients.items())))
     lines.append("")
     procs = snap["processes"]
     workers = [p for p in procs if p["role"] == "worker"]

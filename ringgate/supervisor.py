@@ -11,14 +11,17 @@ the rings for the next run: nothing acknowledged is lost.
 from __future__ import annotations
 
 import fcntl
+import functools
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
 
+from . import ratelimit
 from .config import Settings
 from .errors import ConfigurationError, UntrustedFileError
 from .metrics import Metrics
@@ -214,10 +217,16 @@ def _open_shared_memory(settings: Settings) -> list[Ring]:
     """The metrics segment, then the rings; nothing of ours is left behind if either is refused
     (UntrustedFileError), and nothing of anyone else's is changed."""
     Metrics.create(settings.instance)
+    limited = False
     try:
+        if settings.rate_limit:
+            ratelimit.create(settings.instance)
+            limited = True
         return _open_rings(settings)
     except BaseException:
         Metrics.unlink(settings.instance)
+        if limited:  # only what we made: a refused segment is someone else's
+            ratelimit.unlink(settings.instance)
         raise
 
 
@@ -269,8 +278,28 @@ def _run_granian(settings: Settings) -> bool:
         http2_settings=HTTP2Settings(max_headers_size=HTTP2_MAX_HEADER_BYTES),
         **tls,
     )
+    # Granian's own SIGHUP respawns every worker (a new one, 3.5 s, then SIGTERM to the old, whose
+    # keep-alive connections close under their clients); ours only has each worker re-read the
+    # key file in place. Granian installs `self.signal_handler_reload` when serve() starts.
+    server.signal_handler_reload = functools.partial(_reload_keys_in_workers, server, settings, os.getpid())
     server.serve()
     return bool(getattr(server, "interrupt_signal", True))
+
+
+def _reload_keys_in_workers(server, settings: Settings, supervisor_pid: int, *_args) -> None:
+    """SIGHUP: pass it to every HTTP worker, which re-reads RINGGATE_API_KEYS_FILE (ringgate.http.app)."""
+    if os.getpid() != supervisor_pid:
+        return  # a worker forked with this handler, before it set its own: it reads the file next
+    if not settings.api_keys_file:
+        log.warning("SIGHUP: RINGGATE_API_KEYS_FILE is not set, so there is nothing to re-read")
+        return
+    pids = [pid for pid in (worker._id() for worker in list(server.wrks)) if pid]
+    log.info("SIGHUP: %d HTTP worker(s) re-read RINGGATE_API_KEYS_FILE", len(pids))
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGHUP)
+        except ProcessLookupError:
+            pass  # exited: its successor reads the file when it starts
 
 
 def _drain(settings: Settings, rings: list[Ring], manager: FlusherManager, lock: InstanceLock) -> int:
@@ -299,6 +328,7 @@ def _drain(settings: Settings, rings: list[Ring], manager: FlusherManager, lock:
         ring.close()
         ring.unlink()
     Metrics.unlink(settings.instance)
+    ratelimit.unlink(settings.instance)
     log.info("drained: every acknowledged record is delivered")
     lock.release(unlink=True)
     return EXIT_OK

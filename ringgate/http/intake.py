@@ -16,6 +16,8 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import functools
+import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -24,7 +26,6 @@ from ..codecs import Decoder, Encoding, Records, check_not_empty, compression
 from ..codecs.json import parse_priority
 from ..errors import Refusal
 from ..gateway import Gateway, Stored
-from ..metrics import ACCEPTED_COLUMN
 from ..ring import FREE_WORD, PRODUCER_WORD
 from .body import read_body
 from .request import Answer, Request
@@ -37,6 +38,7 @@ OFFLOAD_COMPRESSED_BYTES = 4 << 10  # gzip can expand ~1000x
 _pool: concurrent.futures.ThreadPoolExecutor | None = None
 _IDENTITY = Encoding.IDENTITY
 _new_tuple = tuple.__new__
+log = logging.getLogger("ringgate.http")
 
 
 @dataclass(frozen=True)  # no slots: __post_init__ adds the remembered `formats`
@@ -83,6 +85,7 @@ def authenticate(gw: Gateway, req: Request, schemes: frozenset[str] = frozenset(
 
 async def accept(gw: Gateway, req: Request, intake: Intake) -> Accepted:
     records: Records | None = None
+    client = None
     headers = req.headers
     try:
         client = authenticate(gw, req, intake.schemes) if req.repeated or gw.keys.names else None
@@ -98,6 +101,8 @@ async def accept(gw: Gateway, req: Request, intake: Intake) -> Accepted:
             else:
                 records = await _decode(gw, decode, body, encoding)
             del body
+            if gw.limiter is not None:  # per key name, else per address
+                gw.limiter.take(client if client is not None else req.client, records.count)
             priority = records.priority
             if priority is None:
                 priority = header_priority or 0
@@ -113,11 +118,42 @@ async def accept(gw: Gateway, req: Request, intake: Intake) -> Accepted:
     except Refusal as refusal:
         if gw.metrics is not None:
             gw.metrics.rejected(refusal.code, records.count if records is not None else 1)
+        log_refusal(gw, refusal, client)
         raise
-    gw.metrics.row[ACCEPTED_COLUMN] += stored.count
+    gw.metrics.accepted(client, stored.count)
     if intake.ack_commit and req.scope.get("query_string") and req.query("ack") == "commit":
         return Accepted(stored, client, await gw.wait_committed(stored))
     return _new_tuple(Accepted, (stored, client, None))  # no NamedTuple __new__ frame per request
+
+
+REFUSAL_LINES_PER_S = 20
+_refusal_window = [0.0, 0, 0]  # when this second began, lines logged in it, lines not logged since
+
+
+def log_refusal(gw: Gateway, refusal: Refusal, client: str | None) -> None:
+    """One line per refused request: its code, the client's key name (never the key; `-` when the
+    key was missing or unknown, `anonymous` when auth is off) and the detail the client was sent.
+    The request id comes with it (the log formatter reads it from the task's context).
+
+    At most REFUSAL_LINES_PER_S lines a second per worker: a full ring answers thousands of 429s
+    a second, and the log must not grow with them. The lines left out are counted, and said in
+    one line with the next refusal logged (ringgate_records_rejected_total counts them all)."""
+    window = _refusal_window
+    now = time.monotonic()
+    if now - window[0] >= 1.0:
+        if window[2]:
+            log.warning("%d more refused request(s) not logged since %.1f s ago (at most %d lines a second "
+                        "per worker; ringgate_records_rejected_total counts every one)",
+                        window[2], now - window[0], REFUSAL_LINES_PER_S)
+        window[0], window[1], window[2] = now, 0, 0
+    if window[1] >= REFUSAL_LINES_PER_S:
+        window[2] += 1
+        return
+    window[1] += 1
+    if client is None:
+        client = "-" if gw.keys.names else "anonymous"
+    log.log(logging.WARNING if refusal.status >= 500 else logging.INFO, "refused %d %s client=%s: %s",
+            refusal.status, refusal.code, client, refusal.detail)
 
 
 def _decode_sync(decode: Decoder, body: bytes, encoding: Encoding, limits) -> Records:

@@ -41,7 +41,7 @@ from ..errors import Refusal
 from ..gateway import Gateway, Stored
 from ..http.answers import retry_after
 from ..http.body import read_body
-from ..http.intake import Accepted, Intake, accept, authenticate
+from ..http.intake import Accepted, Intake, accept, authenticate, log_refusal
 from ..http.request import Answer, Request, Route
 
 NAME = "hec"
@@ -295,8 +295,9 @@ class Collector:
 
     async def ack(self, req: Request) -> Answer:
         gw = self.gw
+        client = None
         try:
-            authenticate(gw, req, SCHEMES)
+            client = authenticate(gw, req, SCHEMES)
             if channel_of(req) is None:
                 raise Refusal(400, "channel_missing", "send X-Splunk-Request-Channel (or ?channel=) with ack queries")
             coding = req.headers.get(b"content-encoding")
@@ -307,6 +308,7 @@ class Collector:
             finally:
                 gw.release(held)
         except Refusal as refusal:
+            log_refusal(gw, refusal, client)
             return refused(req, refusal)
         return Answer(200, _encode({"acks": {str(a): ack_status(gw, a) for a in acks}}))
 

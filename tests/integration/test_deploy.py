@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from ringgate.config import Settings
-from ringgate.metrics import COUNTERS, SLOTS
+from ringgate.metrics import SEGMENT_BYTES
 from ringgate.ring import layout as L
 from tests.fixtures.nginx import nginx_binary, start_nginx
 
@@ -143,6 +143,7 @@ def test_systemd_unit_verifies_and_lets_the_supervisor_drain(tmp_path):
     assert float(service["TimeoutStopSec"]) >= DEFAULTS.drain_timeout_s + 10
     assert service["RemoveIPC"] == "no" and service["PrivateDevices"] == "no"
     assert service["ExecStart"].endswith("ringgate serve")
+    assert service["ExecReload"] == "/bin/kill -HUP $MAINPID"  # the key file, re-read in place
     analyze = shutil.which("systemd-analyze")
     if analyze is None:
         pytest.skip("systemd-analyze not installed; the unit parsed")
@@ -174,7 +175,7 @@ def test_kubernetes_manifest_sizes_shm_and_covers_the_drain():
 
     shm = next(v for v in pod["volumes"] if v["name"] == "shm")
     assert shm["emptyDir"]["medium"] == "Memory"
-    needed = settings.flushers * (settings.ring_bytes + L.HEADER_LENGTH) + SLOTS * COUNTERS * 8
+    needed = settings.flushers * (settings.ring_bytes + L.HEADER_LENGTH) + SEGMENT_BYTES
     assert _quantity(shm["emptyDir"]["sizeLimit"]) >= needed
     assert _quantity(container["resources"]["limits"]["memory"]) >= _quantity(shm["emptyDir"]["sizeLimit"])
     assert {"name": "shm", "mountPath": "/dev/shm"} in container["volumeMounts"]

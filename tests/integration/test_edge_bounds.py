@@ -133,7 +133,7 @@ def test_repeated_headers_are_refused_before_auth(make_gateway, header):
 def test_conflicting_content_lengths_store_nothing(gw):
     answer = _raw(gw.port, b"POST /v1/ingest HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n")
     assert not answer.startswith(b"HTTP/1.1 2"), answer
-    assert gw.metrics()["ringgate_records_accepted_total"] == 0
+    assert gw.metrics()['ringgate_records_accepted_total{client="anonymous"}'] == 0
 
 
 def test_key_schemes_names_and_fail_closed(make_gateway):

@@ -1,4 +1,4 @@
-"""Nothing in /dev/shm is trusted (DESIGN §10): a ring segment, the metrics segment or a lock file
+"""Nothing in /dev/shm is trusted (DESIGN §10): a ring segment, the metrics or rate-limit segment or a lock file
 that another user owns, that group or others may open, or that is a symlink, is refused at start:
 `ringgate serve` exits 1 naming it, and neither reads nor changes it."""
 
@@ -18,6 +18,7 @@ def _target(instance: str, which: str) -> str:
         "ring consumer lock": f"/dev/shm/{instance}-ring-0.consumer.lock",
         "ring producer lock": f"/dev/shm/{instance}-ring-0.producer.lock",
         "metrics segment": f"/dev/shm/{instance}-metrics",
+        "rate-limit segment": f"/dev/shm/{instance}-ratelimit",
         "instance lock": f"/dev/shm/{instance}.lock",
     }[which]
 
@@ -29,12 +30,12 @@ def _snapshot(path: str) -> tuple:
 
 
 @pytest.mark.parametrize("which", ["ring segment", "ring consumer lock", "ring producer lock", "metrics segment",
-                                   "instance lock"])
+                                   "rate-limit segment", "instance lock"])
 @pytest.mark.parametrize("how", ["foreign-owned", "group-writable", "symlink"])
 def test_untrusted_file_is_refused_and_untouched(make_gateway, tmp_path, which, how):
     if how == "foreign-owned" and os.geteuid() != 0:
         pytest.skip("chown to another user needs root")
-    gw = make_gateway(start=False)
+    gw = make_gateway(start=False, RATE_LIMIT="100/s")  # every segment is made, and unmade on a refusal
     path = _target(gw.instance, which)
     content = os.urandom(4096)
     planted = str(tmp_path / "victim") if how == "symlink" else path

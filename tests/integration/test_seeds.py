@@ -67,7 +67,7 @@ def test_batch_ingestion_api_client(make_gateway):
 
     batch_id, status, health, metrics = asyncio.run(client())
     assert status == {"batch_id": batch_id, "status": "committed"}  # the client's own batch_id is not ours
-    assert health == 200 and "ringgate_records_accepted_total 3" in metrics
+    assert health == 200 and 'ringgate_records_accepted_total{client="anonymous"} 3' in metrics
     assert sorted(r["event_id"] for r in stored(gw)) == ["evt_0", "evt_1", "evt_2"]
     assert stored(gw)[0]["payload"] == events[0]["payload"]
 
@@ -103,4 +103,4 @@ def test_upload_errors_name_the_problem(make_gateway):
     assert resp.status_code == 400 and resp.json()["error"] == "bad_csv" and "row 2" in resp.json()["detail"]
     resp = requests.post(url, data=b"a\n1\n", headers={"Content-Type": "text/csv"}, timeout=30)
     assert resp.status_code == 415
-    assert stored(gw) == [] and gw.metrics()["ringgate_records_accepted_total"] == 0
+    assert stored(gw) == [] and gw.metrics()['ringgate_records_accepted_total{client="anonymous"}'] == 0

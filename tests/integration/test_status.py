@@ -56,6 +56,8 @@ def test_status_json_while_every_worker_is_stopped(make_gateway):
     assert totals["records_accepted"] == 35
     assert totals["records_delivered"] == 35
     assert totals["requests_by_code"] == {"202": 5}
+    assert totals["records_accepted_by_client"] == {"anonymous": 35}
+    assert status["rates"]["clients"] == {"anonymous": 0}
     rings = status["rings"]
     assert [r["ring"] for r in rings] == [0, 1]
     assert sum(r["producer_position"] for r in rings) == framed

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from ringgate.metrics import COLUMN, OWNER, Metrics, render
+from ringgate.metrics import CLIENT_BASE, CLIENTS, COLUMN, OWNER, Metrics, MetricsView, client_totals, render
 
 
 @pytest.fixture
@@ -53,4 +53,29 @@ def test_render_is_prometheus_text_with_every_family(instance):
     assert "ringgate_oldest_undelivered_seconds 1.5" in text
     for line in text.splitlines():
         assert line.startswith("#") or line.split(" ")[-1].replace(".", "", 1).replace("e", "").isdigit()
-    assert len(COLUMN) < 128
+    assert len(COLUMN) < CLIENT_BASE
+
+
+def test_records_accepted_per_client_share_one_name_table_across_processes_bounded(instance):
+    code = (
+        "from ringgate.metrics import Metrics\n"
+        f"m = Metrics.attach({instance!r}); m.accepted('ci', 5); m.accepted('batch', 2); m.accepted(None, 1)\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+    here = Metrics.attach(instance)
+    here.accepted("batch", 10)  # the other process's column for the name, not a new one
+    here.accepted('we"ird\\', 1)
+    for i in range(CLIENTS):  # past the cap: the rest share "other"
+        here.accepted(f"c{i}", 1)
+    totals = here.totals()
+    clients = client_totals(totals)
+    assert clients["ci"] == 5 and clients["batch"] == 12 and clients["anonymous"] == 1
+    assert len(clients) == CLIENTS + 1 and clients["other"] == 4
+    assert sum(clients.values()) == totals["records_accepted_total"] == 5 + 2 + 1 + 10 + 1 + CLIENTS
+    view = MetricsView(instance)  # `ringgate status` reads the same names
+    assert client_totals(view.totals()) == clients
+    view.close()
+    text = render(totals, "file", [])
+    assert 'ringgate_records_accepted_total{client="batch"} 12' in text
+    assert 'ringgate_records_accepted_total{client="we\\"ird\\\\"} 1' in text
+    assert 'ringgate_records_accepted_total{client="other"} 4' in text

@@ -1,0 +1,93 @@
+"""Instructions per request of the worker's ASGI app, under callgrind (bench/RESULTS.md, "The edge").
+
+    valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file=/tmp/cg.%p \
+        python3 bench/callgrind_app.py [records per body] [requests]
+
+Builds the app as bench/test_bench_app.py does (a real native ring, shared-memory metrics), warms
+up, switches instrumentation on (`callgrind_control -i on` on its own pid), sends `requests`
+POST /v1/ingest of the e2e body (every answer a 202), switches it off and prints the pid; the
+instructions per request are the `summary:` of the out file divided by `requests`
+(`callgrind_annotate /tmp/cg.<pid> | head`). Set `RINGGATE_REQUEST_ID=1` to send an X-Request-ID,
+`RINGGATE_RATE_LIMIT=1000000000/s` to measure the limiter (a limit never reached).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH))
+
+from e2e import make_body  # noqa: E402
+
+
+def main() -> None:
+    n = int(sys.argv[1]) if len(sys.argv) > 1 else 1
+    requests = int(sys.argv[2]) if len(sys.argv) > 2 else 2000
+    instance = f"rgcg-{os.getpid()}-{time.monotonic_ns() % 10**6}"
+    os.environ["RINGGATE_INSTANCE"] = instance
+    from ringgate.config import Settings
+    from ringgate.http.app import create_app
+    from ringgate.metrics import Metrics
+    from ringgate.ring import ReadBuffers, Ring, segment_name
+
+    ring = Ring.create(segment_name(instance, 0), 64 << 20)
+    ring.flusher_pid = os.getpid()
+    Metrics.create(instance)
+    from ringgate import ratelimit
+
+    ratelimit.create(instance)
+    try:
+        app = create_app(Settings.from_environ())
+        app.gateway.start()
+        buffers = ReadBuffers(10_000, 8 << 20, ring.capacity)
+        body = make_body(n)
+        headers = [(b"host", b"127.0.0.1"), (b"content-type", b"application/json"),
+                   (b"content-length", str(len(body)).encode())]
+        if os.environ.get("RINGGATE_REQUEST_ID"):
+            headers.append((b"x-request-id", b"3f2a9c1e-client-trace-0001"))
+        scope = {"type": "http", "method": "POST", "path": "/v1/ingest", "query_string": b"",
+                 "http_version": "1.1", "headers": headers}
+        message = {"type": "http.request", "body": body, "more_body": False}
+        statuses = []
+
+        async def receive():
+            return message
+
+        async def send(m):
+            if m["type"] == "http.response.start":
+                statuses.append(m["status"])
+
+        async def many(count):
+            for _ in range(count):
+                await app(scope, receive, send)
+
+        def drain():
+            while True:
+                result = ring.read(ring.consumer_position, 10_000, 8 << 20, buffers)
+                if result.next_position == ring.consumer_position:
+                    return
+                ring.release(result.next_position)
+
+        loop = asyncio.new_event_loop()
+        loop.run_until_complete(many(200))
+        drain()
+        subprocess.run(["callgrind_control", "-i", "on", str(os.getpid())], check=False, capture_output=True)
+        loop.run_until_complete(many(requests))
+        subprocess.run(["callgrind_control", "-i", "off", str(os.getpid())], check=False, capture_output=True)
+        assert set(statuses) == {202}, set(statuses)
+        print(os.getpid())
+    finally:
+        ring.close()
+        ring.unlink()
+        Metrics.unlink(instance)
+        ratelimit.unlink(instance)
+
+
+if __name__ == "__main__":
+    main()
