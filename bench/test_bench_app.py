@@ -86,16 +86,24 @@ def ringgate_app():
             os.environ["RINGGATE_INSTANCE"] = old
 
 
-def _scope(body: bytes) -> dict:
+JSON = [(b"content-type", b"application/json")]
+
+
+def post_scope(body: bytes, path: str = "/v1/ingest", headers: list[tuple[bytes, bytes]] | None = None) -> dict:
+    """The ASGI scope of a POST of `body` to `path` (a query after `?`) with `headers` (default JSON)."""
+    path, _, query = path.partition("?")
     return {
-        "type": "http", "method": "POST", "path": "/v1/ingest", "query_string": b"", "http_version": "1.1",
-        "headers": [(b"host", b"127.0.0.1"), (b"content-type", b"application/json"),
+        "type": "http", "method": "POST", "path": path, "query_string": query.encode(), "http_version": "1.1",
+        "headers": [(b"host", b"127.0.0.1"), *(JSON if headers is None else headers),
                     (b"content-length", str(len(body)).encode())],
     }
 
 
-def _runner(app, body: bytes, statuses: list):
-    scope = _scope(body)
+def runner(app, body: bytes, statuses: list, path: str = "/v1/ingest",
+           headers: list[tuple[bytes, bytes]] | None = None, requests: int = REQUESTS):
+    """A coroutine function calling `app` `requests` times with the whole body at once; the
+    answers' statuses are appended to `statuses`."""
+    scope = post_scope(body, path, headers)
     message = {"type": "http.request", "body": body, "more_body": False}
 
     async def receive():
@@ -106,10 +114,29 @@ def _runner(app, body: bytes, statuses: list):
             statuses.append(m["status"])
 
     async def many():
-        for _ in range(REQUESTS):
+        for _ in range(requests):
             await app(scope, receive, send)
 
     return many
+
+
+def rounds(benchmark, app, drain, body: bytes, path: str = "/v1/ingest",
+           headers: list[tuple[bytes, bytes]] | None = None, requests: int = REQUESTS, count: int = 30) -> set[int]:
+    """`count` timed rounds of `requests` requests into ringgate's app (the ring drained between
+    rounds, untimed); the set of statuses answered. The source benchmarks use it too."""
+    statuses: list = []
+    loop = asyncio.new_event_loop()
+    many = runner(app, body, statuses, path, headers, requests)
+
+    def setup():
+        drain()
+        return (), {}
+
+    try:
+        benchmark.pedantic(lambda: loop.run_until_complete(many()), setup=setup, rounds=count, warmup_rounds=2)
+    finally:
+        loop.close()
+    return set(statuses)
 
 
 def _note(benchmark, name: str) -> None:
@@ -124,7 +151,7 @@ def test_bare_app(benchmark, n):
     benchmark.group = f"ASGI app per request, {n}-record body"
     statuses: list = []
     loop = asyncio.new_event_loop()
-    many = _runner(bare_granian.app, BODIES[n], statuses)
+    many = runner(bare_granian.app, BODIES[n], statuses)
     try:
         benchmark.pedantic(lambda: loop.run_until_complete(many()), rounds=30, warmup_rounds=2)
     finally:
@@ -137,19 +164,8 @@ def test_bare_app(benchmark, n):
 def test_ringgate_app(benchmark, ringgate_app, n):
     benchmark.group = f"ASGI app per request, {n}-record body"
     app, drain = ringgate_app
-    statuses: list = []
-    loop = asyncio.new_event_loop()
-    many = _runner(app, BODIES[n], statuses)
-
-    def setup():
-        drain()
-        return (), {}
-
-    try:
-        benchmark.pedantic(lambda: loop.run_until_complete(many()), setup=setup, rounds=30, warmup_rounds=2)
-    finally:
-        loop.close()
-    assert set(statuses) == {202}, set(statuses)
+    statuses = rounds(benchmark, app, drain, BODIES[n])
+    assert statuses == {202}, statuses
     _note(benchmark, f"ringgate app, {n} rec")
 
 

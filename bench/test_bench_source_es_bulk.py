@@ -15,7 +15,6 @@ The table at the end gives records/s and the ratio to `/v1/ingest` JSON.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
 from pathlib import Path
@@ -44,18 +43,6 @@ CASES = {
 _results: dict[str, float] = {}  # case -> records/s (median round)
 
 
-def _runner(app, path: str, content_type: bytes, body: bytes, statuses: list):
-    """test_bench_app's loop of REQUESTS calls, with this case's path and Content-Type."""
-    scope = {
-        "type": "http", "method": "POST", "path": path, "query_string": b"", "http_version": "1.1",
-        "headers": [(b"host", b"127.0.0.1"), (b"content-type", content_type),
-                    (b"content-length", str(len(body)).encode())],
-    }
-
-    def with_scope(_their_scope, receive, send):
-        return app(scope, receive, send)
-
-    return bench_app._runner(with_scope, body, statuses)
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -63,18 +50,7 @@ def test_records_per_second(benchmark, ringgate_app, case):  # noqa: F811 - the 
     benchmark.group = f"records/s, {N}-record requests"
     app, drain = ringgate_app
     path, content_type, body, status = CASES[case]
-    statuses: list = []
-    loop = asyncio.new_event_loop()
-    many = _runner(app, path, content_type, body, statuses)
-
-    def setup():
-        drain()
-        return (), {}
-
-    try:
-        benchmark.pedantic(lambda: loop.run_until_complete(many()), setup=setup, rounds=30, warmup_rounds=2)
-    finally:
-        loop.close()
+    statuses = bench_app.rounds(benchmark, app, drain, body, path, [(b"content-type", content_type)], REQUESTS, count=30)
     assert set(statuses) == {status}, set(statuses)
     if benchmark.stats is not None:
         _results[case] = N * REQUESTS / benchmark.stats.stats.median

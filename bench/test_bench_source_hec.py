@@ -14,7 +14,6 @@ and the ratio to /v1/ingest.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
 from pathlib import Path
@@ -24,6 +23,7 @@ import pytest
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
+import test_bench_app as bench_app  # noqa: E402
 from _report import write_report  # noqa: E402
 from test_bench_app import ringgate_app  # noqa: E402, F401  (the fixture: app, ring, drain)
 
@@ -52,26 +52,6 @@ BASELINE = "/v1/ingest {records: [...]}"
 _results: dict[str, tuple[float, float]] = {}  # name -> records/s (median round, best round)
 
 
-def _runner(app, path: str, headers: list, body: bytes, statuses: list):
-    path, _, query = path.partition("?")
-    scope = {
-        "type": "http", "method": "POST", "path": path, "query_string": query.encode(), "http_version": "1.1",
-        "headers": [(b"host", b"127.0.0.1"), (b"content-length", str(len(body)).encode()), *headers],
-    }
-    message = {"type": "http.request", "body": body, "more_body": False}
-
-    async def receive():
-        return message
-
-    async def send(m):
-        if m["type"] == "http.response.start":
-            statuses.append(m["status"])
-
-    async def many():
-        for _ in range(REQUESTS):
-            await app(scope, receive, send)
-
-    return many
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -79,18 +59,7 @@ def test_records_per_second(benchmark, ringgate_app, case):  # noqa: F811
     benchmark.group = "HEC beside /v1/ingest, 100 records per request"
     app, drain = ringgate_app
     path, headers, body = CASES[case]
-    statuses: list = []
-    loop = asyncio.new_event_loop()
-    many = _runner(app, path, headers, body, statuses)
-
-    def setup():
-        drain()
-        return (), {}
-
-    try:
-        benchmark.pedantic(lambda: loop.run_until_complete(many()), setup=setup, rounds=30, warmup_rounds=2)
-    finally:
-        loop.close()
+    statuses = bench_app.rounds(benchmark, app, drain, body, path, headers, REQUESTS, count=30)
     assert set(statuses) == {202 if path == "/v1/ingest" else 200}, set(statuses)
     if benchmark.stats is not None:
         stats = benchmark.stats.stats

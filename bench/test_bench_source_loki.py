@@ -15,7 +15,6 @@ The table at the end gives records/s and the ratio to /v1/ingest.
 
 from __future__ import annotations
 
-import asyncio
 import gzip
 import json
 import sys
@@ -27,6 +26,7 @@ import pytest
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
+import test_bench_app as bench_app  # noqa: E402
 from _report import write_report  # noqa: E402
 from test_bench_app import ringgate_app  # noqa: E402, F401 - the same app, ring and metrics as there
 
@@ -80,25 +80,6 @@ def _bodies() -> dict[str, tuple[str, list[tuple[bytes, bytes]], bytes]]:
 BODIES = _bodies()
 
 
-def _runner(app, path: str, headers: list[tuple[bytes, bytes]], body: bytes, statuses: list):
-    scope = {
-        "type": "http", "method": "POST", "path": path, "query_string": b"", "http_version": "1.1",
-        "headers": [(b"host", b"127.0.0.1"), *headers, (b"content-length", str(len(body)).encode())],
-    }
-    message = {"type": "http.request", "body": body, "more_body": False}
-
-    async def receive():
-        return message
-
-    async def send(m):
-        if m["type"] == "http.response.start":
-            statuses.append(m["status"])
-
-    async def many():
-        for _ in range(REQUESTS):
-            await app(scope, receive, send)
-
-    return many
 
 
 @pytest.mark.parametrize("case", list(BODIES))
@@ -106,18 +87,7 @@ def test_records_per_second(benchmark, request, case):
     benchmark.group = f"records/s into a ring, {LINES} log lines per request"
     app, drain = request.getfixturevalue("ringgate_app")
     path, headers, body = BODIES[case]
-    statuses: list = []
-    loop = asyncio.new_event_loop()
-    many = _runner(app, path, headers, body, statuses)
-
-    def setup():
-        drain()
-        return (), {}
-
-    try:
-        benchmark.pedantic(lambda: loop.run_until_complete(many()), setup=setup, rounds=20, warmup_rounds=2)
-    finally:
-        loop.close()
+    statuses = bench_app.rounds(benchmark, app, drain, body, path, headers, REQUESTS, count=20)
     assert set(statuses) == ({202} if path == "/v1/ingest" else {204}), set(statuses)
     if benchmark.stats is not None:
         stats = benchmark.stats.stats

@@ -12,7 +12,6 @@ ExportLogsServiceRequest in protobuf and in OTLP JSON; and the records ringgate 
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
 from pathlib import Path
@@ -26,13 +25,13 @@ from opentelemetry.proto.resource.v1 import resource_pb2
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
-import test_bench_app  # noqa: E402
+import test_bench_app as bench_app  # noqa: E402
 from _report import write_report  # noqa: E402
 
 from ringgate.codecs import Limits  # noqa: E402
 from ringgate.sources.otlp import decode_protobuf  # noqa: E402
 
-ringgate_app = test_bench_app.ringgate_app  # the fixture: ringgate's app on a real ring, drained untimed
+ringgate_app = bench_app.ringgate_app  # the fixture: ringgate's app on a real ring, drained untimed
 RECORDS = 100
 REQUESTS = 100  # per round: 10,000 records of ~500 B framed fit the bench's 16 MiB ring
 _results: dict[str, float] = {}  # name -> records/s
@@ -85,26 +84,6 @@ CASES = {
 }
 
 
-def _runner(app, path: str, content_type: bytes, body: bytes, statuses: list):
-    scope = {
-        "type": "http", "method": "POST", "path": path, "query_string": b"", "http_version": "1.1",
-        "headers": [(b"host", b"127.0.0.1"), (b"content-type", content_type),
-                    (b"content-length", str(len(body)).encode())],
-    }
-    message = {"type": "http.request", "body": body, "more_body": False}
-
-    async def receive():
-        return message
-
-    async def send(m):
-        if m["type"] == "http.response.start":
-            statuses.append(m["status"])
-
-    async def many():
-        for _ in range(REQUESTS):
-            await app(scope, receive, send)
-
-    return many
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -112,18 +91,7 @@ def test_source_otlp(benchmark, ringgate_app, case):
     benchmark.group = f"records/s, {RECORDS}-record requests"
     app, drain = ringgate_app
     path, content_type, body, status = CASES[case]
-    statuses: list = []
-    loop = asyncio.new_event_loop()
-    many = _runner(app, path, content_type, body, statuses)
-
-    def setup():
-        drain()
-        return (), {}
-
-    try:
-        benchmark.pedantic(lambda: loop.run_until_complete(many()), setup=setup, rounds=30, warmup_rounds=2)
-    finally:
-        loop.close()
+    statuses = bench_app.rounds(benchmark, app, drain, body, path, [(b"content-type", content_type)], REQUESTS, count=30)
     assert set(statuses) == {status}, set(statuses)
     if benchmark.stats is not None:
         _results[case] = REQUESTS * RECORDS / benchmark.stats.stats.median

@@ -35,6 +35,7 @@ from google.protobuf.message import DecodeError
 
 from ..codecs import Limits, Records, media_type
 from ..codecs.json import invalid
+from ..codecs.protowire import WireError, length_delimited
 from ..codecs.records import check_utf8, finish, scan, shown
 from ..errors import Refusal
 from ..gateway import Gateway
@@ -291,60 +292,24 @@ def _unsnappy(body: bytes, limit: int) -> bytes:
         raise Refusal(400, "bad_encoding", f"the snappy body does not decompress: {exc}") from None
 
 
-def _varint(data: bytes, position: int, end: int) -> tuple[int, int]:
-    value = shift = 0
-    while position < end and shift < 64:
-        byte = data[position]
-        position += 1
-        value |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return value, position
-        shift += 7
-    raise Refusal(400, "invalid_protobuf", f"the PushRequest has a truncated or overlong varint at byte {position}")
-
-
-def _skip(data: bytes, position: int, end: int, wire_type: int) -> int:
-    """The position after a field's value; 400 for wire types proto3 does not write (groups)."""
-    if wire_type == 0:
-        return _varint(data, position, end)[1]
-    if wire_type == 1:
-        position += 8
-    elif wire_type == 5:
-        position += 4
-    elif wire_type == 2:
-        length, position = _varint(data, position, end)
-        position += length
-    else:
-        raise Refusal(400, "invalid_protobuf", f"the PushRequest has a field of wire type {wire_type} at byte {position}")
-    if position > end:
-        raise Refusal(400, "invalid_protobuf", f"the PushRequest is truncated (a field runs past byte {end})")
-    return position
-
-
 def _count_wire(data: bytes, limits: Limits) -> None:
     """Counts the streams and entries of a serialized PushRequest without building them, and stops
     with 413 as soon as either passes the limit (so it walks at most max_records of each)."""
     streams = entries = 0
-    position, end = 0, len(data)
-    while position < end:
-        tag, position = _varint(data, position, end)
-        if tag != 0x0A:  # not a stream
-            position = _skip(data, position, end, tag & 7)
-            continue
-        length, position = _varint(data, position, end)
-        stream_end = position + length
-        if stream_end > end:
-            raise Refusal(400, "invalid_protobuf", f"the PushRequest is truncated (stream {streams} runs past byte {end})")
-        streams += 1
-        while position < stream_end:
-            tag, position = _varint(data, position, stream_end)
-            if tag == 0x12:
-                entries += 1
-                if entries > limits.max_records:
-                    limits.check_count(entries)
-            position = _skip(data, position, stream_end, tag & 7)
-        if streams > limits.max_records:
-            limits.check_count(streams)
+    try:
+        for number, start, end in length_delimited(data, 0, len(data)):
+            if number != 1:  # not a stream
+                continue
+            streams += 1
+            if streams > limits.max_records:
+                limits.check_count(streams)
+            for number, _, _ in length_delimited(data, start, end):
+                if number == 2:  # an entry
+                    entries += 1
+                    if entries > limits.max_records:
+                        limits.check_count(entries)
+    except WireError as exc:
+        raise Refusal(400, "invalid_protobuf", f"the PushRequest is malformed: {exc}") from None
     limits.check_count(max(streams, entries))
 
 

@@ -33,6 +33,7 @@ from google.rpc import status_pb2
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
 
 from ..codecs import Limits, Records, media_type
+from ..codecs.protowire import WireError, length_delimited
 from ..codecs.records import MAX_DEPTH, count_elements, finish, shown
 from ..errors import Refusal
 from ..gateway import Gateway
@@ -120,43 +121,6 @@ class _Place:
 # ---- protobuf
 
 
-def _varint(body: bytes, pos: int, end: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        if pos >= end or shift > 63:
-            raise DecodeError("truncated or overlong varint")
-        byte = body[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return result, pos
-        shift += 7
-
-
-def _fields(body: bytes, start: int, end: int):
-    """(field number, start, end) of each length-delimited field in body[start:end]; skips the rest."""
-    pos = start
-    while pos < end:
-        tag, pos = _varint(body, pos, end)
-        kind = tag & 7
-        if kind == 0:
-            _, pos = _varint(body, pos, end)
-        elif kind == 1:
-            pos += 8
-        elif kind == 5:
-            pos += 4
-        elif kind == 2:
-            length, pos = _varint(body, pos, end)
-            if pos + length > end:
-                raise DecodeError("a length-delimited field runs past its message")
-            yield tag >> 3, pos, pos + length
-            pos += length
-        else:  # groups (3, 4) are not in OTLP; 6, 7 do not exist
-            raise DecodeError(f"wire type {kind} is not used by OTLP")
-        if pos > end:
-            raise DecodeError("a field runs past its message")
-
-
 def _too_many_envelopes(count: int, limits: Limits, what: str) -> None:
     """Envelopes cost as much to build as records: the same limit bounds them."""
     raise Refusal(
@@ -170,19 +134,19 @@ def count_log_records(body: bytes, limits: Limits) -> int:
 
     Stops with 413 as soon as the count (or the count of ResourceLogs/ScopeLogs envelopes, which
     cost as much to parse) passes the limit, so a tiny gzip of millions of empty records costs
-    one bounded walk. Malformed wire data is a DecodeError (400)."""
+    one bounded walk. Malformed wire data is a WireError (400)."""
     records = envelopes = 0
-    for number, start, end in _fields(body, 0, len(body)):
+    for number, start, end in length_delimited(body, 0, len(body)):
         if number != 1:  # resource_logs
             continue
         envelopes += 1
-        for number, s_start, s_end in _fields(body, start, end):
+        for number, s_start, s_end in length_delimited(body, start, end):
             if number != 2:  # scope_logs
                 continue
             envelopes += 1
             if not limits.within_count(envelopes):
                 _too_many_envelopes(envelopes, limits, "resource_logs/scope_logs")
-            for number, _, _ in _fields(body, s_start, s_end):
+            for number, _, _ in length_delimited(body, s_start, s_end):
                 if number == 2:  # log_records
                     records += 1
                     if not limits.within_count(records):
@@ -237,7 +201,7 @@ def _decode_protobuf(body: bytes, limits: Limits) -> Records:
         if not limits.short_enough(body):
             count_log_records(body, limits)
         request = logs_service_pb2.ExportLogsServiceRequest.FromString(body)
-    except DecodeError as exc:
+    except (DecodeError, WireError) as exc:
         raise Refusal(400, "invalid_protobuf", f"the body is not an ExportLogsServiceRequest: {exc}") from None
     place = _Place(json=False)
     raws: list[bytes] = []

@@ -1,0 +1,49 @@
+"""The protobuf wire format, walked without building messages: how the protobuf sources (OTLP,
+Loki) count records on the raw bytes before a parser builds one object per record (§9)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+
+class WireError(ValueError):
+    """The bytes are not a well-formed protobuf message; the message says what and where."""
+
+
+def varint(data: bytes, position: int, end: int) -> tuple[int, int]:
+    """(value, position after it) of the varint at `position`."""
+    value = shift = 0
+    while position < end and shift < 64:
+        byte = data[position]
+        position += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, position
+        shift += 7
+    raise WireError(f"truncated or overlong varint at byte {position}")
+
+
+def length_delimited(data: bytes, start: int, end: int) -> Iterator[tuple[int, int, int]]:
+    """(field number, start, end) of each length-delimited field of the message in
+    data[start:end] (sub-messages, strings, bytes), the other fields skipped; groups, which proto3
+    does not write, are a WireError."""
+    position = start
+    while position < end:
+        tag, position = varint(data, position, end)
+        kind = tag & 7
+        if kind == 0:
+            position = varint(data, position, end)[1]
+        elif kind == 1:
+            position += 8
+        elif kind == 5:
+            position += 4
+        elif kind == 2:
+            length, position = varint(data, position, end)
+            if position + length > end:
+                raise WireError(f"field {tag >> 3} at byte {position} runs past its message (byte {end})")
+            yield tag >> 3, position, position + length
+            position += length
+        else:
+            raise WireError(f"wire type {kind} at byte {position} is not written by proto3")
+        if position > end:
+            raise WireError(f"a field runs past its message (byte {end})")
