@@ -18,7 +18,7 @@ from .compression import Encoding, parse_encoding
 from .compression import decode as decode_content
 from .records import Limits, Records, shown
 
-__all__ = ["BodyFormat", "Decoder", "Encoding", "Limits", "Records", "decode_body", "decoder_for", "parse_headers"]
+__all__ = ["BodyFormat", "Decoder", "Encoding", "Limits", "Records", "decode_body", "decode_with", "decoder_for", "parse_headers"]
 
 Decoder = Callable[[bytes, Limits], Records]
 """A format's framing: the body (content coding removed) → records, or a Refusal."""
@@ -92,14 +92,16 @@ def decode_body(
     DESIGN §4 order where they can: 413 `body_too_large` (the limit applies to the decoded bytes),
     400 `bad_encoding`, `empty_body`, `invalid_utf8`, `invalid_json` / `bad_csv`, 413
     `record_too_large`, 400 `not_an_object`, `too_deep`."""
-    limits = Limits(max_body_bytes, max_record_bytes, max_records)
-    return _DECODERS[fmt](check_not_empty(decode_content(bytes(body), encoding, max_body_bytes), encoding), limits)
+    return decode_with(_DECODERS[fmt], bytes(body), encoding, Limits(max_body_bytes, max_record_bytes, max_records))
 
 
-def check_not_empty(body: bytes, encoding: Encoding = Encoding.IDENTITY) -> bytes:
+def decode_with(decode: Decoder, body: bytes, encoding: Encoding, limits: Limits) -> Records:
+    """A body through its content coding, the empty-body check, then `decode` (any source's
+    framing): every step a Refusal for a client fault."""
+    body = decode_content(body, encoding, limits.max_body_bytes)
     # isspace() is ASCII-only and stops at the first other byte: free for any real body.
     if not body or body.isspace():
         decoded = " after decoding" if encoding is not Encoding.IDENTITY else ""
         what = "empty" if not body else "only whitespace"
         raise Refusal(400, "empty_body", f"the body is {what}{decoded}: no records")
-    return body
+    return decode(body, limits)

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from ..codecs import Decoder, Encoding, Records, check_not_empty, compression
+from ..codecs import Decoder, Encoding, Records, compression, decode_with
 from ..codecs.json import parse_priority
 from ..errors import Refusal
 from ..gateway import Gateway, Stored
@@ -51,6 +51,9 @@ class Intake:
     """Authorization schemes this protocol's clients use besides Bearer (lower case)."""
     ack_commit: bool = False
     """Honour `?ack=commit`: wait for the sink's commit before answering."""
+    framing_codings: frozenset[bytes] = frozenset()
+    """Content-Encodings that name what the protocol's framing does anyway (Loki's snappy): the
+    decoder undoes them, the shared path treats them as identity (lower case)."""
 
     def __post_init__(self) -> None:
         # one remembered lookup per (Content-Type, Content-Encoding) pair: clients send the same
@@ -58,6 +61,8 @@ class Intake:
         object.__setattr__(self, "formats", functools.lru_cache(maxsize=64)(self._formats))
 
     def _formats(self, content_type: bytes | None, content_encoding: bytes | None) -> tuple[Decoder, Encoding]:
+        if content_encoding is not None and content_encoding.strip().lower() in self.framing_codings:
+            content_encoding = None
         encoding = compression.parse_encoding(content_encoding.decode("latin-1") if content_encoding else None)
         return self.decoder(content_type), encoding
 
@@ -83,13 +88,17 @@ def authenticate(gw: Gateway, req: Request, schemes: frozenset[str] = frozenset(
     return client
 
 
-async def accept(gw: Gateway, req: Request, intake: Intake) -> Accepted:
+async def accept(gw: Gateway, req: Request, intake: Intake, decoder: Decoder | None = None) -> Accepted:
+    """`decoder`, when given, is this request's framing (one that depends on more than the
+    Content-Type, e.g. HEC raw's query fields) in place of the intake's."""
     records: Records | None = None
     client = None
     headers = req.headers
     try:
         client = authenticate(gw, req, intake.schemes) if req.repeated or gw.keys.names else None
         decode, encoding = intake.formats(headers.get(b"content-type"), headers.get(b"content-encoding"))
+        if decoder is not None:
+            decode = decoder
         header_priority = headers.get(b"x-priority")
         if header_priority is not None:
             header_priority = parse_priority(header_priority)
@@ -156,18 +165,14 @@ def log_refusal(gw: Gateway, refusal: Refusal, client: str | None) -> None:
             refusal.status, refusal.code, client, refusal.detail)
 
 
-def _decode_sync(decode: Decoder, body: bytes, encoding: Encoding, limits) -> Records:
-    return decode(check_not_empty(compression.decode(body, encoding, limits.max_body_bytes), encoding), limits)
-
-
 async def _decode(gw: Gateway, decode: Decoder, body: bytes, encoding: Encoding) -> Records:
     large = len(body) >= (OFFLOAD_BYTES if encoding is _IDENTITY else OFFLOAD_COMPRESSED_BYTES)
     if not large:
-        return _decode_sync(decode, body, encoding, gw.limits)
+        return decode_with(decode, body, encoding, gw.limits)
     global _pool
     if _pool is None:  # one thread per worker: large bodies wait for each other, not the loop
         _pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ringgate-decode")
-    work = functools.partial(_decode_sync, decode, body, encoding, gw.limits)
+    work = functools.partial(decode_with, decode, body, encoding, gw.limits)
     return await asyncio.get_running_loop().run_in_executor(_pool, work)
 
 

@@ -271,10 +271,11 @@ class Collector:
     def __init__(self, gw: Gateway) -> None:
         self.gw = gw
         self.events = Intake(_decoder_of(decode_events), SCHEMES)
+        self.raw_lines = Intake(_decoder_of(decode_raw), SCHEMES)
 
-    async def _take(self, req: Request, intake: Intake) -> Answer:
+    async def _take(self, req: Request, intake: Intake, decoder=None) -> Answer:
         try:
-            accepted = await accept(self.gw, req, intake)
+            accepted = await accept(self.gw, req, intake, decoder)
         except Refusal as refusal:
             return refused(req, refusal)
         return _success(accepted, channel_of(req))
@@ -283,8 +284,8 @@ class Collector:
         return await self._take(req, self.events)
 
     async def raw(self, req: Request) -> Answer:
-        decode = functools.partial(decode_raw, suffix=raw_suffix(req))
-        return await self._take(req, Intake(_decoder_of(decode), SCHEMES))
+        # the query's host/source/sourcetype/index go into every line's record
+        return await self._take(req, self.raw_lines, functools.partial(decode_raw, suffix=raw_suffix(req)))
 
     async def health(self, req: Request) -> Answer:
         try:

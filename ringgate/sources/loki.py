@@ -406,27 +406,14 @@ def decoder(content_type: bytes | None, legacy: bool = False):
     )
 
 
-def _snappy_is_the_framing(handle):
-    """`Content-Encoding: snappy` names the compression the protobuf framing has anyway (Alloy's
-    loki.write sends it since 2026, and Loki takes it so): the header is dropped before the shared
-    path, which would refuse a coding it does not know (415). A JSON body sent so is then refused
-    as JSON, as Loki refuses it."""
-
-    async def handle_snappy(req: Request) -> Answer:
-        coding = req.headers.get(b"content-encoding")
-        if coding is not None and coding.strip().lower() == b"snappy":
-            del req.headers[b"content-encoding"]
-        return await handle(req)
-
-    return handle_snappy
-
-
 def routes(gw: Gateway) -> list[Route]:
     schemes = frozenset({"basic"})
-    push = _snappy_is_the_framing(handler(gw, Intake(decoder, schemes), _pushed, _refused))
-    legacy = _snappy_is_the_framing(
-        handler(gw, Intake(functools.partial(decoder, legacy=True), schemes), _pushed, _refused)
-    )
+    # `Content-Encoding: snappy` names the compression the protobuf framing has anyway (Alloy's
+    # loki.write sends it since 2026, and Loki takes it so); a JSON body sent so is refused as JSON
+    snappy = frozenset({b"snappy"})
+    push = handler(gw, Intake(decoder, schemes, framing_codings=snappy), _pushed, _refused)
+    legacy = handler(gw, Intake(functools.partial(decoder, legacy=True), schemes, framing_codings=snappy),
+                     _pushed, _refused)
     status = Status(gw)
 
     async def ready(req: Request) -> Answer:

@@ -315,10 +315,6 @@ _SCOPE_LOGS = msgspec.json.Decoder(list[ScopeLogs] | None)
 _LOG_RECORDS = msgspec.json.Decoder(list[LogRecord] | None)
 
 
-class _Invalid(Exception):
-    pass
-
-
 def _decode_level(decoder: msgspec.json.Decoder, raw, where: str):
     try:
         return decoder.decode(raw) or []
