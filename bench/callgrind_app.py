@@ -24,6 +24,7 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
 from e2e import make_body  # noqa: E402
+from test_bench_app import JSON, drainer, runner  # noqa: E402
 
 
 def main() -> None:
@@ -34,7 +35,7 @@ def main() -> None:
     from ringgate.config import Settings
     from ringgate.http.app import create_app
     from ringgate.metrics import Metrics
-    from ringgate.ring import ReadBuffers, Ring, segment_name
+    from ringgate.ring import Ring, segment_name
 
     ring = Ring.create(segment_name(instance, 0), 64 << 20)
     ring.flusher_pid = os.getpid()
@@ -45,40 +46,18 @@ def main() -> None:
     try:
         app = create_app(Settings.from_environ())
         app.gateway.start()
-        buffers = ReadBuffers(10_000, 8 << 20, ring.capacity)
         body = make_body(n)
-        headers = [(b"host", b"127.0.0.1"), (b"content-type", b"application/json"),
-                   (b"content-length", str(len(body)).encode())]
+        headers = list(JSON)
         if os.environ.get("RINGGATE_REQUEST_ID"):
             headers.append((b"x-request-id", b"3f2a9c1e-client-trace-0001"))
-        scope = {"type": "http", "method": "POST", "path": "/v1/ingest", "query_string": b"",
-                 "http_version": "1.1", "headers": headers}
-        message = {"type": "http.request", "body": body, "more_body": False}
-        statuses = []
-
-        async def receive():
-            return message
-
-        async def send(m):
-            if m["type"] == "http.response.start":
-                statuses.append(m["status"])
-
-        async def many(count):
-            for _ in range(count):
-                await app(scope, receive, send)
-
-        def drain():
-            while True:
-                result = ring.read(ring.consumer_position, 10_000, 8 << 20, buffers)
-                if result.next_position == ring.consumer_position:
-                    return
-                ring.release(result.next_position)
-
+        statuses: list = []
+        drain = drainer(ring)
         loop = asyncio.new_event_loop()
-        loop.run_until_complete(many(200))
+        loop.run_until_complete(runner(app, body, statuses, headers=headers, requests=200)())
         drain()
+        statuses.clear()
         subprocess.run(["callgrind_control", "-i", "on", str(os.getpid())], check=False, capture_output=True)
-        loop.run_until_complete(many(requests))
+        loop.run_until_complete(runner(app, body, statuses, headers=headers, requests=requests)())
         subprocess.run(["callgrind_control", "-i", "off", str(os.getpid())], check=False, capture_output=True)
         assert set(statuses) == {202}, set(statuses)
         print(os.getpid())

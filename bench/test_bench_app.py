@@ -46,6 +46,22 @@ REQUESTS = 200  # per round: the ring holds 200 x 100 framed records of ~150 B e
 _results: dict[str, float] = {}  # name -> median µs per request
 
 
+def drainer(ring):
+    """A function that reads and releases everything in `ring`, as a flusher would (untimed)."""
+    from ringgate.ring import ReadBuffers
+
+    buffers = ReadBuffers(10_000, 8 << 20, ring.capacity)
+
+    def drain():
+        while True:
+            result = ring.read(ring.consumer_position, 10_000, 8 << 20, buffers)
+            if result.next_position == ring.consumer_position:
+                return
+            ring.release(result.next_position)
+
+    return drain
+
+
 @pytest.fixture(scope="module")
 def ringgate_app():
     """ringgate's app with a ring and metrics of its own, as a worker of `ringgate serve` builds it."""
@@ -53,7 +69,7 @@ def ringgate_app():
     old = os.environ.get("RINGGATE_INSTANCE")
     os.environ["RINGGATE_INSTANCE"] = instance
     from ringgate.metrics import Metrics
-    from ringgate.ring import ReadBuffers, Ring, segment_name
+    from ringgate.ring import Ring, segment_name
 
     ring = Ring.create(segment_name(instance, 0), 16 << 20)
     ring.flusher_pid = os.getpid()  # a live "flusher": the app serves the ring
@@ -64,16 +80,7 @@ def ringgate_app():
 
         app = create_app(Settings.from_environ())
         app.gateway.start()
-        buffers = ReadBuffers(10_000, 8 << 20, ring.capacity)
-
-        def drain():
-            while True:
-                result = ring.read(ring.consumer_position, 10_000, 8 << 20, buffers)
-                if result.next_position == ring.consumer_position:
-                    return
-                ring.release(result.next_position)
-
-        yield app, drain
+        yield app, drainer(ring)
     finally:
         with contextlib.suppress(Exception):
             app.gateway.rings[0].close()

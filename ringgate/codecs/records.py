@@ -9,6 +9,7 @@ per-record object, so a body of millions of tiny records costs a scan, not a gig
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -225,7 +226,7 @@ _SPACE_AFTER = np.zeros(256, bool)
 _SPACE_AFTER[list(b"{[:,")] = True
 _SPACE_BEFORE = np.zeros(256, bool)
 _SPACE_BEFORE[list(b":,}]")] = True
-_SPACE_NEXT_TO_STRUCTURE = __import__("re").compile(rb"[{\[:,] | [:,}\]]")
+_SPACE_NEXT_TO_STRUCTURE = re.compile(rb"[{\[:,] | [:,}\]]")
 
 
 def _is_compact(blob: bytes) -> bool:
@@ -304,7 +305,7 @@ def _first_too_deep_record(records: bytes) -> int:
 _STEP = np.zeros(256, np.int8)
 _STEP[list(b"{[")] = 1
 _STEP[list(b"}]")] = -1
-_NOT_BACKSLASH = __import__("re").compile(rb"[^\\]")
+_NOT_BACKSLASH = re.compile(rb"[^\\]")
 
 
 def scan(buf: bytes) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:

@@ -26,7 +26,6 @@ from ..codecs import Decoder, Encoding, Records, compression, decode_with
 from ..codecs.json import parse_priority
 from ..errors import Refusal
 from ..gateway import Gateway, Stored
-from ..ring import FREE_WORD, PRODUCER_WORD
 from .body import read_body
 from .request import Answer, Request
 
@@ -116,11 +115,7 @@ async def accept(gw: Gateway, req: Request, intake: Intake, decoder: Decoder | N
             if priority is None:
                 priority = header_priority or 0
             if priority < gw.settings.priority_threshold:
-                for words, mark in gw.low_marks:  # gw.admit, written out: any ring below its mark takes it
-                    if words[PRODUCER_WORD] - words[FREE_WORD] <= mark:
-                        break
-                else:
-                    gw.admit(priority)
+                gw.admit(priority)
             stored = gw.store(records, req.received_ns)
         finally:
             gw.inflight_bytes -= held

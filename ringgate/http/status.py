@@ -16,6 +16,10 @@ class Status:
 
     def __init__(self, gw: Gateway) -> None:
         self.gw = gw
+        self.readyz = self._guarded(self._readyz)
+        self.metrics = self._guarded(self._metrics)
+        self.stats = self._guarded(self._stats)
+        self.batch = self._guarded(self._batch, admin=False)
 
     def _guarded(self, answer, admin: bool = True):
         """The handler behind a key check: always (batch status) or with RINGGATE_ADMIN_AUTH=1."""
@@ -29,22 +33,6 @@ class Status:
             return answer(req)
 
         return handle
-
-    @property
-    def readyz(self):
-        return self._guarded(self._readyz)
-
-    @property
-    def metrics(self):
-        return self._guarded(self._metrics)
-
-    @property
-    def stats(self):
-        return self._guarded(self._stats)
-
-    @property
-    def batch(self):
-        return self._guarded(self._batch, admin=False)
 
     async def healthz(self, req: Request) -> Answer:
         return json_answer(200, {"status": "ok"})

@@ -173,6 +173,13 @@ def wait_rows(postgres_server, table: str, ids: set[str], timeout: float = 40) -
         time.sleep(0.25)
 
 
+def assert_balanced(load) -> None:
+    """Every answer was one the clients expect, and nginx answered no 502 itself: a dead
+    gateway's requests went on to the live one."""
+    assert load.unexpected == []
+    assert 502 not in {status for _, status in load.attempts}
+
+
 def test_two_gateways_into_one_table_lose_and_double_nothing_when_one_is_killed(
     tmp_path, make_gateway, postgres_server, postgres_table
 ):
@@ -188,9 +195,7 @@ def test_two_gateways_into_one_table_lose_and_double_nothing_when_one_is_killed(
         rows = wait_rows(postgres_server, postgres_table, load.acked)
     finally:
         stop_nginx(proc)
-    assert load.unexpected == []
-    # nginx answered no 502 itself: a dead gateway's requests went on to the live one
-    assert 502 not in {status for _, status in load.attempts}
+    assert_balanced(load)
     stored = collections.Counter(e for _, e in rows)
     lost = load.acked - set(stored)
     assert not lost, f"{len(lost)} acknowledged records not in the table, e.g. {sorted(lost)[:5]}"
@@ -231,9 +236,7 @@ def test_two_gateways_into_one_bucket_double_only_what_lost_its_answer(
             time.sleep(0.25)
     finally:
         stop_nginx(proc)
-    assert load.unexpected == []
-    # nginx answered no 502 itself: a dead gateway's requests went on to the live one
-    assert 502 not in {status for _, status in load.attempts}
+    assert_balanced(load)
     lost = load.acked - set(where)
     assert not lost, f"{len(lost)} acknowledged records in no object, e.g. {sorted(lost)[:5]}"
     # objects are keyed per instance: both gateways wrote, neither overwrote the other
@@ -279,9 +282,7 @@ def test_one_gateways_sink_down_moves_the_load_to_the_other(
         rows = wait_rows(postgres_server, postgres_table, load.acked)
     finally:
         stop_nginx(proc)
-    assert load.unexpected == []
-    # nginx answered no 502 itself: a dead gateway's requests went on to the live one
-    assert 502 not in {status for _, status in load.attempts}
+    assert_balanced(load)
     stored = collections.Counter(e for _, e in rows)
     assert not load.acked - set(stored), "acknowledged records lost"
     assert not [e for e, n in stored.items() if n > 1], "records stored twice"

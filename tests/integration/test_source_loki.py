@@ -13,8 +13,8 @@ import logging_loki
 import pytest
 from loki_logger_handler.loki_logger_handler import LokiLoggerHandler
 
-from ringgate.sources._loki_push_pb2 import PushRequest
 from tests.sinkdata import file_sink_records, wait_for
+from tests.unit.test_source_loki import snappy_push
 
 PUSH = "/loki/api/v1/push"
 KEY = "s3cret-loki-key"
@@ -34,15 +34,7 @@ def _logger(name: str, handler: logging.Handler) -> logging.Logger:
 
 def push_request(streams: dict[str, list[tuple[int, str, dict[str, str]]]]) -> bytes:
     """A snappy-compressed (block format) PushRequest, as Promtail and Alloy send it."""
-    request = PushRequest()
-    for labels, entries in streams.items():
-        stream = request.streams.add(labels=labels)
-        for ts, line, metadata in entries:
-            entry = stream.entries.add(line=line)
-            entry.timestamp.FromNanoseconds(ts)
-            for name, value in metadata.items():
-                entry.structuredMetadata.add(name=name, value=value)
-    return bytes(cramjam.snappy.compress_raw(request.SerializeToString()))
+    return snappy_push(list(streams.items()))
 
 
 def test_loki_logger_handler_lines_are_stored_once_with_labels_and_metadata(make_gateway):
