@@ -1,14 +1,15 @@
 """Instructions per request of the worker's ASGI app, under callgrind (bench/RESULTS.md, "The edge").
 
     valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file=/tmp/cg.%p \
-        python3 bench/callgrind_app.py [records per body] [requests]
+        python3 bench/callgrind_app.py [records per body] [requests] [full]
 
 Builds the app as bench/test_bench_app.py does (a real native ring, shared-memory metrics), warms
 up, switches instrumentation on (`callgrind_control -i on` on its own pid), sends `requests`
 POST /v1/ingest of the e2e body (every answer a 202), switches it off and prints the pid; the
 instructions per request are the `summary:` of the out file divided by `requests`
 (`callgrind_annotate /tmp/cg.<pid> | head`). Set `RINGGATE_REQUEST_ID=1` to send an X-Request-ID,
-`RINGGATE_RATE_LIMIT=1000000000/s` to measure the limiter (a limit never reached).
+`RINGGATE_RATE_LIMIT=1000000000/s` to measure the limiter (a limit never reached). With `full`,
+the ring is filled first and never drained: every answer is a 429 (the cost of a refusal).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from test_bench_app import JSON, drainer, runner  # noqa: E402
 def main() -> None:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 1
     requests = int(sys.argv[2]) if len(sys.argv) > 2 else 2000
+    full = len(sys.argv) > 3 and sys.argv[3] == "full"
     instance = f"rgcg-{os.getpid()}-{time.monotonic_ns() % 10**6}"
     os.environ["RINGGATE_INSTANCE"] = instance
     from ringgate.config import Settings
@@ -55,11 +57,16 @@ def main() -> None:
         loop = asyncio.new_event_loop()
         loop.run_until_complete(runner(app, body, statuses, headers=headers, requests=200)())
         drain()
+        if full:  # fill the ring to its last bytes (1-record bodies last): every request is refused
+            for filler in (body, make_body(1)):
+                statuses.clear()
+                while not statuses or statuses[-1] == 202:
+                    loop.run_until_complete(runner(app, filler, statuses, headers=headers, requests=1)())
         statuses.clear()
         subprocess.run(["callgrind_control", "-i", "on", str(os.getpid())], check=False, capture_output=True)
         loop.run_until_complete(runner(app, body, statuses, headers=headers, requests=requests)())
         subprocess.run(["callgrind_control", "-i", "off", str(os.getpid())], check=False, capture_output=True)
-        assert set(statuses) == {202}, set(statuses)
+        assert set(statuses) == ({429} if full else {202}), set(statuses)
         print(os.getpid())
     finally:
         ring.close()

@@ -74,6 +74,7 @@ class Gateway:
         self._waiters: list[list[tuple[int, int, asyncio.Future]]] = []  # per ring: heap by position
         self._poller: asyncio.Task | None = None
         self.low_marks: list[tuple[memoryview, int]] = []
+        self.capacities: list[tuple[memoryview, int]] = []  # per ring, own ring first
         self.limiter: Limiter | None = None  # RINGGATE_RATE_LIMIT
 
     @property
@@ -97,6 +98,8 @@ class Gateway:
             self.settings.max_body_bytes, self.settings.max_record_bytes, self.settings.max_records, smallest // 2
         )
         self.low_marks = [(r.words, int(self.settings.low_priority_fill * r.capacity)) for r in self.rings]
+        order = [(self.own + k) % len(self.rings) for k in range(len(self.rings))]
+        self.capacities = [(self.rings[i].words, self.rings[i].capacity) for i in order]
 
     def register_clients(self) -> None:
         """Give every key name a client column now: /metrics shows each configured client, at 0
@@ -125,6 +128,23 @@ class Gateway:
                 429, "low_priority",
                 f"every ring is more than {s.low_priority_fill:.0%} full: only requests of priority "
                 f"{s.priority_threshold} or more are taken now; retry later", 1,
+            )
+
+    def check_room(self, declared: int) -> None:
+        """Refuse (429 ring_full) a body whose declared length no ring has room for, before it is
+        read or decoded: under overload most requests are refused, and each would otherwise cost
+        a full read and decode for nothing (issue 12). A body's records take at least about its
+        length once framed (16 bytes a record more, its envelope and separators less), so the
+        claim would almost surely fail; a compressed body is only checked by its compressed
+        length here, and the claim stays the exact test."""
+        for words, capacity in self.capacities:  # ring.used_bytes, without a call per ring
+            if words[PRODUCER_WORD] - words[FREE_WORD] + declared <= capacity:
+                return
+        if self.rings:
+            raise Refusal(
+                429, "ring_full",
+                f"no ring has room for the declared Content-Length ({declared} bytes): the sink is behind or "
+                "unavailable; retry later", 1,
             )
 
     def store(self, records: Records, received_ns: int) -> Stored:

@@ -151,6 +151,14 @@ def _priority(raw) -> int:
     return value
 
 
+def may_name_priority(body: bytes) -> bool:
+    """False when `body` surely names no priority: it holds neither the key as written nor any
+    escape (a key spelled with \\u escapes needs a backslash). A memchr and a substring search
+    (~5 µs for 13 KB), so a crowded gateway refuses a low-priority JSON body without decoding
+    it (http.intake)."""
+    return b"\\" in body or b'"priority"' in body
+
+
 def parse_priority(text: bytes) -> int:
     """An `X-Priority` header's value (§8), 0-10."""
     try:

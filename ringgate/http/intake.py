@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from ..codecs import Decoder, Encoding, Records, compression, decode_with
-from ..codecs.json import parse_priority
+from ..codecs.json import may_name_priority, parse_priority
 from ..errors import Refusal
 from ..gateway import Gateway, Stored
 from .body import read_body
@@ -53,6 +53,9 @@ class Intake:
     framing_codings: frozenset[bytes] = frozenset()
     """Content-Encodings that name what the protocol's framing does anyway (Loki's snappy): the
     decoder undoes them, the shared path treats them as identity (lower case)."""
+    body_priority: bool = False
+    """Its bodies may name their priority (the JSON envelope's `priority`, §8). Without it, a
+    request's priority is its X-Priority header or 0, known before the body is read."""
 
     def __post_init__(self) -> None:
         # one remembered lookup per (Content-Type, Content-Encoding) pair: clients send the same
@@ -98,12 +101,26 @@ async def accept(gw: Gateway, req: Request, intake: Intake, decoder: Decoder | N
         decode, encoding = intake.formats(headers.get(b"content-type"), headers.get(b"content-encoding"))
         if decoder is not None:
             decode = decoder
+        # Under overload most requests are refused: each refusal that can be made before the
+        # body is read or decoded is, so a 429 costs little of the CPU the sink needs (issue 12).
         header_priority = headers.get(b"x-priority")
         if header_priority is not None:
             header_priority = parse_priority(header_priority)
-            gw.admit(header_priority)  # refused before the body is read
+            gw.admit(header_priority)
+        elif not intake.body_priority:
+            gw.admit(0)  # no body can raise it
+        declared = headers.get(b"content-length")
+        if declared is not None and declared.isdigit():
+            gw.check_room(int(declared))
         body, held = await read_body(gw, req, gw.limits.max_body_bytes)
         try:
+            if header_priority is None and intake.body_priority:
+                try:
+                    gw.admit(0)
+                except Refusal:
+                    if encoding is _IDENTITY and not may_name_priority(body):
+                        raise
+                    # else decode it: the priority it names decides, below
             if encoding is _IDENTITY and len(body) < OFFLOAD_BYTES and body and not body.isspace():
                 records = decode(body, gw.limits)  # the common case, on the loop
             else:

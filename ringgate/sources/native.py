@@ -12,4 +12,4 @@ NAME = "native"
 
 
 def routes(gw: Gateway) -> list[Route]:
-    return [Route("/v1/ingest", handler(gw, Intake(decoder_for, ack_commit=True), stored, refused), ("POST",), NAME)]
+    return [Route("/v1/ingest", handler(gw, Intake(decoder_for, ack_commit=True, body_priority=True), stored, refused), ("POST",), NAME)]

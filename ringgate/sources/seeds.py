@@ -49,12 +49,15 @@ def _upload_decoder(content_type: bytes | None):
 
 
 def routes(gw: Gateway) -> list[Route]:
-    payload = Intake(functools.partial(decoder_for, envelope_keys=PAYLOAD_KEYS), ack_commit=True)
+    # every body here may be (or hold, uploaded) a JSON envelope naming its priority
+    payload = Intake(functools.partial(decoder_for, envelope_keys=PAYLOAD_KEYS), ack_commit=True, body_priority=True)
+    batch = Intake(decoder_for, body_priority=True)
+    upload = Intake(_upload_decoder, body_priority=True)
     status = Status(gw)
     return [
         Route("/ingest", handler(gw, payload, stored, refused), ("POST",), NAME),
-        Route("/v1/ingest/batch", handler(gw, Intake(decoder_for), _batch_accepted, refused), ("POST",), NAME),
-        Route("/file/ingest", handler(gw, Intake(_upload_decoder), stored, refused), ("POST",), NAME),
+        Route("/v1/ingest/batch", handler(gw, batch, _batch_accepted, refused), ("POST",), NAME),
+        Route("/file/ingest", handler(gw, upload, stored, refused), ("POST",), NAME),
         Route("/v1/batch/{batch_id}/status", status.batch, ("GET",)),
         Route("/v1/health", status.healthz, ("GET",)),
         Route("/v1/metrics", status.metrics, ("GET",)),

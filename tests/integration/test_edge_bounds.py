@@ -91,7 +91,8 @@ def test_record_count_limit(make_gateway, shape):
 
 
 def test_slow_uploads_hold_only_what_they_sent_and_time_out(make_gateway):
-    gw = make_gateway(BODY_TIMEOUT_S="3")
+    # a ring with room for the 16 MiB they declare (a smaller one refuses them before reading)
+    gw = make_gateway(BODY_TIMEOUT_S="3", RING_BYTES=str(64 << 20))
     socks = attacks.slow_uploads(gw.port, 8)
     try:
         time.sleep(0.3)

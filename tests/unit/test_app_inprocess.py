@@ -139,8 +139,11 @@ def small_budget(app_with_ring, monkeypatch):
     import msgspec
 
     settings = app.gateway.settings
-    limit = settings.max_body_bytes  # the smallest cap the configuration allows: one whole body
-    monkeypatch.setattr(app.gateway, "settings", msgspec.structs.replace(settings, worker_inflight_bytes=limit))
+    # the smallest cap the configuration allows: one whole body (here of 512 KiB, which the 1 MiB
+    # ring has room for: a declared length it has no room for is refused before the budget counts)
+    limit = 512 << 10
+    monkeypatch.setattr(app.gateway, "settings",
+                        msgspec.structs.replace(settings, max_body_bytes=limit, worker_inflight_bytes=limit))
     return app, limit
 
 
