@@ -1,7 +1,7 @@
 """End-to-end load run: ringgate beside its ceilings and a FastAPI baseline, one after another, same run.
 
-    python bench/e2e.py                                   # files: bare Granian, ringgate, FastAPI
-    python bench/e2e.py --sink file --sink postgresql     # + PostgreSQL (a throwaway server)
+    python bench/e2e.py                     # issue 12's run: files and PostgreSQL (a throwaway server), ~6 min
+    python bench/e2e.py --sink file          # files only: bare Granian, ringgate, FastAPI
     python bench/e2e.py --sink postgresql://user@127.0.0.1:5432/db   # an existing server
     python bench/e2e.py --sink file --sink s3             # + S3 protocol (a throwaway moto server)
     python bench/e2e.py --profile /tmp/prof               # py-spy over ringgate under load
@@ -20,9 +20,12 @@ S3: `RINGGATE_SINK=s3://<bucket>/bench` (a fresh bucket per server) against moto
 server, started as the integration tests start it (`tests/fixtures/s3.py`, its own process).
 moto is slow (~90 MB/s) and shares the cores: the S3 rows measure moto as much as ringgate.
 
-Load: wrk (apt-get install -y wrk) with bench/post.lua, POSTing `{"records": [...]}` bodies of
-100 records of ~129 bytes (12.9 KB) and of 1 record, at each --concurrency, --duration seconds
-each, after a short warm-up. Per load point:
+Load: wrk (apt-get install -y wrk; -t2 by default) with bench/post.lua, POSTing `{"records": [...]}`
+bodies of 100 records of ~129 bytes (12.9 KB) (--records 100,1 adds 1-record bodies), at each
+--concurrency (64), --duration seconds each, after a short warm-up, in each client mode of
+--retry-after-ms: 0, wrk resends every 429 at once (a closed loop: overload turns into a storm
+of 429s), and 1000, one request delayed by 1 s per 429 as clients honouring Retry-After are.
+Per load point:
 - acknowledged records/s: 2xx responses (counted by status in the Lua `response()` hook) x records
   per request / wrk's duration; 429s and other non-2xx counted apart;
 - committed records/s: records that reached the sink during the load window (NDJSON lines in
@@ -33,7 +36,11 @@ each, after a short warm-up. Per load point:
 - p50/p99 latency (wrk), the 429 rate, and the CPU seconds the server's processes used per
   million records (a measure the noise of a shared machine disturbs less than throughput);
 - after each server stops: every acknowledged record is in the sink (`lost` counts any that
-  are not; `extra` any stored beyond what was acknowledged).
+  are not; `extra` any stored beyond what was acknowledged);
+- ringgate's server CPU per answer: per 429 from one more load point (--refusal-seconds) with
+  the flushers stopped (SIGSTOP) and the rings full, so every answer is a 429; per 2xx as a load
+  point's CPU less its 429s' share (429s x that cost), divided by its 2xx answers.
+At the end, issue 12's table (its numbers at 8b9c5bd) with this run's beside them.
 
 Ratios: ringgate / ceiling and ringgate / baseline on committed records/s (acknowledged for the
 bare Granian ceiling, which stores nothing).
@@ -437,7 +444,7 @@ class Server:
 
 def run_wrk(port: int, body_file: str, concurrency: int, duration: float, threads: int,
             retry_after_ms: int = 0, path: str = "/v1/ingest", content_type: str = "application/json",
-            headers: dict[str, str] | None = None, backoff: tuple[int, ...] = (429,)) -> dict:
+            headers: dict[str, str] | None = None, backoff: tuple[int, ...] = (429,), pace_ms: float = 0) -> dict:
     cmd = ["wrk", f"-t{min(threads, concurrency)}", f"-c{concurrency}", f"-d{duration:g}s", "--timeout", "10s",
            "-s", str(LUA), f"http://127.0.0.1:{port}{path}"]
     env = dict(os.environ, WRK_BODY_FILE=body_file, WRK_CONTENT_TYPE=content_type,
@@ -445,6 +452,8 @@ def run_wrk(port: int, body_file: str, concurrency: int, duration: float, thread
                WRK_BACKOFF_STATUSES=",".join(map(str, backoff)))
     if retry_after_ms:
         env["WRK_RETRY_AFTER_MS"] = str(retry_after_ms)
+    if pace_ms:
+        env["WRK_PACE_MS"] = f"{pace_ms:.3f}"
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         out, err = proc.communicate(timeout=duration + 60)
@@ -483,6 +492,14 @@ class Point:
     moto_cpu_s_per_m: float | None = None  # the S3 server's (moto's) CPU seconds per million acknowledged records
     drained_s: float | None = None  # time after the window until everything acknowledged was stored
     statuses: dict = field(default_factory=dict)
+    retry_after_ms: int = 0  # 0: every 429 resent at once (closed loop); else one request delayed this long per 429
+    server_cpu_s: float | None = None  # CPU seconds ringgate's (or the server's) processes used in the window
+    # server CPU per answer: a 429 measured apart (refusal_cost: every answer a 429), a 2xx as the
+    # window's CPU less its 429s' share, per 2xx; ringgate only
+    cpu_us_per_2xx: float | None = None
+    cpu_us_per_429: float | None = None
+    pace_ms: float = 0.0  # > 0: a paced point (half_rate), each request waiting this long after the last answer
+    offered_fraction: float | None = None  # a paced point's 2xx rate ÷ the saturating rate it aims at half of
 
 
 def wait_committed(server: Server, target: int, timeout: float) -> tuple[int, float | None]:
@@ -507,8 +524,8 @@ def measure(point: Point, server: Server, pg: Postgres | S3 | None, body_file: s
     cpu0, fl0 = cpu_seconds(pids), cpu_seconds(flushers)
     pg0 = pg.cpu_seconds() if pg else 0.0
     t0 = time.monotonic()
-    out = run_wrk(server.port, body_file, point.concurrency, args.duration, args.wrk_threads, args.retry_after_ms,
-                  **wrk)
+    out = run_wrk(server.port, body_file, point.concurrency, args.duration, args.wrk_threads, point.retry_after_ms,
+                  pace_ms=point.pace_ms, **wrk)
     t1 = time.monotonic()
     cpu1, fl1 = cpu_seconds(pids), cpu_seconds(flushers)
     pg1 = pg.cpu_seconds() if pg else 0.0
@@ -527,6 +544,7 @@ def measure(point: Point, server: Server, pg: Postgres | S3 | None, body_file: s
     point.p50_ms = out["latency_us"]["p50"] / 1000
     point.p99_ms = out["latency_us"]["p99"] / 1000
     point.rate_429 = point.status_429 / out["requests"] if out["requests"] else 0.0
+    point.server_cpu_s = cpu1 - cpu0
     if ok:
         point.server_cpu_s_per_m = (cpu1 - cpu0) / (ok * n) * 1e6
         if flushers:
@@ -553,15 +571,46 @@ def load_server(server: Server, args, bodies: dict[int, str], sink_label: str, p
         acked += sum(v for k, v in warm["statuses"].items() if k.startswith("2")) * max(bodies)
         if server.counter:
             wait_committed(server, acked, args.drain_timeout)
+        # the bare ceiling never refuses: one mode is all of it
+        modes = args.retry_after_ms[:1] if server.kind == "ceiling" else args.retry_after_ms
+        points = []
         for n, body_file in bodies.items():
             for c in args.concurrency:
-                point = Point(sink_label, server.label, server.kind, server.workers, n, c, server.flushers)
-                acked += measure(point, server, pg, body_file, args)
-                in_flight += c * n
-                if point.committed_per_s is not None:
-                    _, point.drained_s = wait_committed(server, acked, args.drain_timeout)
-                results.append(point)
+                for mode in modes:
+                    point = Point(sink_label, server.label, server.kind, server.workers, n, c, server.flushers,
+                                  retry_after_ms=mode)
+                    acked += measure(point, server, pg, body_file, args)
+                    in_flight += c * n
+                    if point.committed_per_s is not None:
+                        _, point.drained_s = wait_committed(server, acked, args.drain_timeout)
+                    points.append(point)
+                    print(_row(point), flush=True)
+        if args.half_rate and server.kind != "ceiling":
+            # latency below saturation: paced at half the rate the Retry-After point sustained
+            for sat in [p for p in points if p.retry_after_ms and p.committed_per_s]:
+                rate = sat.committed_per_s / sat.records_per_request  # requests/s sustained
+                pace = max(0.0, 1000 * sat.concurrency / (rate / 2) - sat.p50_ms)
+                point = replace(sat, pace_ms=pace, statuses={})
+                acked += measure(point, server, pg, bodies[sat.records_per_request], args)
+                point.offered_fraction = point.acked_per_s / sat.committed_per_s
+                _, point.drained_s = wait_committed(server, acked, args.drain_timeout)
+                points.append(point)
                 print(_row(point), flush=True)
+        if server.kind == "ringgate" and args.refusal_seconds > 0:
+            n = max(bodies)
+            per_429, filled = refusal_cost(server, bodies[n], args)
+            acked += filled * n
+            in_flight += max(args.concurrency) * n
+            for point in points:
+                point.cpu_us_per_429 = per_429
+                if point.pace_ms:
+                    continue
+                if point.status_2xx and per_429 is not None:
+                    point.cpu_us_per_2xx = (point.server_cpu_s - point.status_429 * per_429 / 1e6) / point.status_2xx * 1e6
+            print(f"   a 429 costs {_fmt(per_429, '.1f')} µs of server CPU; a 2xx "
+                  + ", ".join(f"{_fmt(p.cpu_us_per_2xx, '.1f')} µs ({_mode(p.retry_after_ms)})" for p in points), flush=True)
+            wait_committed(server, acked, args.drain_timeout)
+        results.extend(points)
     finally:
         code, stop_s = server.stop(args.drain_timeout + 60)
     stored = server.committed() if server.counter else None
@@ -587,6 +636,32 @@ def clean_exits(server: Server) -> tuple[int, ...]:
     # uvicorn without its multiprocess supervisor (--workers 1) re-raises the SIGTERM it handled
     # after its graceful shutdown (lifespan included): -15 is its clean exit
     return (0, -signal.SIGTERM) if server.kind == "baseline" and server.workers == 1 else (0,)
+
+
+def refusal_cost(server: Server, body_file: str, args) -> tuple[float | None, int]:
+    """Server CPU µs per 429, with every answer a 429: the flushers stopped (SIGSTOP, so the
+    workers still see them alive), the rings filled by a short wrk run, then wrk for
+    --refusal-seconds with nothing freed; the flushers resumed after. Returns (µs per 429, the
+    requests the fill acknowledged)."""
+    pids = server.pids()
+    flushers = [pid for pid in pids if is_flusher(pid)]
+    for pid in flushers:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        fill = run_wrk(server.port, body_file, 16, 3, args.wrk_threads)
+        filled = sum(v for k, v in fill["statuses"].items() if k.startswith("2"))
+        cpu0 = cpu_seconds(pids)
+        out = run_wrk(server.port, body_file, max(args.concurrency), args.refusal_seconds, args.wrk_threads)
+        cpu1 = cpu_seconds(pids)
+    finally:
+        for pid in flushers:
+            os.kill(pid, signal.SIGCONT)
+    refused = out["statuses"].get("429", 0)
+    filled += sum(v for k, v in out["statuses"].items() if k.startswith("2"))
+    if refused < 0.95 * out["requests"]:
+        print(f"   refusal cost not measured: {refused} of {out['requests']} answers were 429 ({out['statuses']})")
+        return None, filled
+    return (cpu1 - cpu0) / out["requests"] * 1e6, filled
 
 
 # -- the PostgreSQL ceiling: a bare COPY loop --------------------------------------------------------
@@ -657,12 +732,13 @@ def _fmt(value, spec: str = ",.0f") -> str:
     return "-" if value is None else format(value, spec)
 
 
-HEADER = (f"   {'server':22} {'rec/req':>7} {'conc':>4} {'acked rec/s':>12} {'committed/s':>12} "
+HEADER = (f"   {'server':22} {'rec/req':>7} {'conc':>4} {'429s':>11} {'acked rec/s':>12} {'committed/s':>12} "
           f"{'p50 ms':>7} {'p99 ms':>7} {'429 %':>6} {'other':>6} {'cpu s/M':>7} {'flusher':>7} {'pg s/M':>7} {'moto s/M':>8}")
 
 
 def _row(p: Point) -> str:
-    return (f"   {p.server:22} {p.records_per_request:7d} {p.concurrency:4d} {p.acked_per_s:12,.0f} "
+    return (f"   {p.server:22} {p.records_per_request:7d} {p.concurrency:4d} {_mode(p.retry_after_ms, p.pace_ms):>11} "
+            f"{p.acked_per_s:12,.0f} "
             f"{_fmt(p.committed_per_s):>12} {p.p50_ms:7.2f} {p.p99_ms:7.2f} {p.rate_429 * 100:6.1f} "
             f"{p.status_other + p.socket_errors:6d} {_fmt(p.server_cpu_s_per_m, '.2f'):>7} "
             f"{_fmt(p.flusher_cpu_s_per_m, '.2f'):>7} {_fmt(p.postgres_cpu_s_per_m, '.2f'):>7} "
@@ -673,7 +749,8 @@ def _median_points(points: list[Point]) -> list[Point]:
     """One point per (sink, server, load): the median of the repeats by committed (else acked) rec/s."""
     groups: dict[tuple, list[Point]] = {}
     for p in points:
-        groups.setdefault((p.sink, p.server, p.records_per_request, p.concurrency), []).append(p)
+        groups.setdefault((p.sink, p.server, p.records_per_request, p.concurrency, p.retry_after_ms, p.pace_ms > 0),
+                          []).append(p)
     out = []
     for group in groups.values():
         group.sort(key=_score)
@@ -688,29 +765,32 @@ def _score(p: Point) -> float:
 def summarize(points: list[Point], copy_ceilings: list[dict]) -> tuple[list[dict], list[str]]:
     """Best worker count per server and load point, and the ratios."""
     best: dict[tuple, Point] = {}
-    for p in _median_points(points):
-        key = (p.sink, p.kind, p.records_per_request, p.concurrency)
+    for p in _median_points([p for p in points if not p.pace_ms]):
+        # the bare ceiling never refuses: its one mode stands for every mode
+        key = (p.sink, p.kind, p.records_per_request, p.concurrency, None if p.kind == "ceiling" else p.retry_after_ms)
         if key not in best or _score(p) > _score(best[key]):
             best[key] = p
-    loads = sorted({(p.sink, p.records_per_request, p.concurrency) for p in points},
-                   key=lambda k: (SINK_ORDER.get(k[0], len(SINK_ORDER)), -k[1], k[2]))
+    loads = sorted({(p.sink, p.records_per_request, p.concurrency, p.retry_after_ms) for p in points
+                    if p.kind != "ceiling" and not p.pace_ms},
+                   key=lambda k: (SINK_ORDER.get(k[0], len(SINK_ORDER)), -k[1], k[2], k[3]))
     copy_best = max((c["rows_per_s"] for c in copy_ceilings), default=None)
+    paced = {(p.sink, p.kind, p.records_per_request, p.concurrency, p.retry_after_ms): p for p in points if p.pace_ms}
     rows, lines = [], []
     ceil_point = None
-    lines.append(f"{'sink':10} {'rec/req':>7} {'conc':>4} {'ceiling':>12} {'ringgate':>12} {'(workers)':>9} "
+    lines.append(f"{'sink':10} {'rec/req':>7} {'conc':>4} {'429s':>11} {'ceiling':>12} {'ringgate':>12} {'(workers)':>9} "
                  f"{'baseline':>12} {'(workers)':>9} {'rg/ceiling':>10} {'rg/baseline':>11} {'rg p99 ms':>9} "
-                 f"{'rg 429 %':>8}  server CPU s per M records: ceiling/ringgate/baseline")
-    for sink, n, c in loads:
-        rg = best.get((sink, "ringgate", n, c))
-        base = best.get((sink, "baseline", n, c))
+                 f"{'rg 429 %':>8} {'rg µs/2xx':>9} {'rg µs/429':>9}  server CPU s per M records: ceiling/ringgate/baseline")
+    for sink, n, c, mode in loads:
+        rg = best.get((sink, "ringgate", n, c, mode))
+        base = best.get((sink, "baseline", n, c, mode))
         if sink in ("file", "s3"):  # S3: the same bare Granian ceiling (from the file pass if it ran)
-            ceil_point = best.get((sink, "ceiling", n, c)) or best.get(("file", "ceiling", n, c))
+            ceil_point = best.get((sink, "ceiling", n, c, None)) or best.get(("file", "ceiling", n, c, None))
             ceiling = ceil_point.acked_per_s if ceil_point else None
             ceiling_workers = ceil_point.workers if ceil_point else None
         else:
             ceiling, ceiling_workers, ceil_point = copy_best, None, None
         row = {
-            "sink": sink, "records_per_request": n, "concurrency": c,
+            "sink": sink, "records_per_request": n, "concurrency": c, "retry_after_ms": mode,
             "ceiling_per_s": ceiling, "ceiling_workers": ceiling_workers,
             "ringgate_committed_per_s": _score(rg) if rg else None, "ringgate_workers": rg.workers if rg else None,
             "ringgate_flushers": rg.flushers if rg else None,
@@ -718,26 +798,72 @@ def summarize(points: list[Point], copy_ceilings: list[dict]) -> tuple[list[dict
             "baseline_committed_per_s": _score(base) if base else None,
             "baseline_workers": base.workers if base else None,
             "ringgate_p99_ms": rg.p99_ms if rg else None, "ringgate_429_rate": rg.rate_429 if rg else None,
+            "ringgate_cpu_us_per_2xx": rg.cpu_us_per_2xx if rg else None,
+            "ringgate_cpu_us_per_429": rg.cpu_us_per_429 if rg else None,
             "cpu_s_per_m": {name: p.server_cpu_s_per_m for name, p in
                             (("ceiling", ceil_point), ("ringgate", rg), ("baseline", base)) if p},
         }
+        half = paced.get((sink, "ringgate", n, c, mode))
+        row["ringgate_half_rate_p99_ms"] = half.p99_ms if half else None
+        row["ringgate_half_rate_fraction"] = half.offered_fraction if half else None
         row["ringgate_over_ceiling"] = (row["ringgate_committed_per_s"] / ceiling
                                         if rg and ceiling else None)
         row["ringgate_over_baseline"] = (row["ringgate_committed_per_s"] / row["baseline_committed_per_s"]
                                          if rg and base and row["baseline_committed_per_s"] else None)
         rows.append(row)
         lines.append(
-            f"{sink:10} {n:7d} {c:4d} {_fmt(ceiling):>12} {_fmt(row['ringgate_committed_per_s']):>12} "
+            f"{sink:10} {n:7d} {c:4d} {_mode(mode):>11} {_fmt(ceiling):>12} {_fmt(row['ringgate_committed_per_s']):>12} "
             f"{_workers(rg):>9} {_fmt(row['baseline_committed_per_s']):>12} "
             f"{_fmt(row['baseline_workers'], 'd'):>9} {_fmt(row['ringgate_over_ceiling'], '.2f'):>10} "
             f"{_fmt(row['ringgate_over_baseline'], '.2f'):>11} {_fmt(row['ringgate_p99_ms'], '.1f'):>9} "
-            f"{_fmt(row['ringgate_429_rate'] and row['ringgate_429_rate'] * 100, '.1f'):>8}  "
+            f"{_fmt(row['ringgate_429_rate'] and row['ringgate_429_rate'] * 100, '.1f'):>8} "
+            f"{_fmt(row['ringgate_cpu_us_per_2xx'], '.0f'):>9} {_fmt(row['ringgate_cpu_us_per_429'], '.0f'):>9}  "
             + "/".join(_fmt(row["cpu_s_per_m"].get(k), ".2f") for k in ("ceiling", "ringgate", "baseline"))
         )
     return rows, lines
 
 
 SINK_ORDER = {"file": 0, "postgresql": 1, "s3": 2}
+
+
+# The table issue 12 starts from (five runs at 8b9c5bd, 2026-12-01, wrk -t2 -c64, 100 records per
+# request, 2 workers, default settings): (sink, resent at once?) -> (committed rec/s, ÷ ceiling, ÷ baseline)
+ISSUE_12 = {
+    ("file", True): ("550k–933k", "0.48–0.71", "1.45–1.90"),
+    ("file", False): ("875k", "0.62", "2.04"),
+    ("postgresql", True): ("142k–204k", "0.33–0.42", "0.78–0.95"),
+    ("postgresql", False): ("240k", "0.40", "0.95"),
+}
+
+
+def issue_table(rows: list[dict]) -> list[str]:
+    """Issue 12's table with this run's numbers beside it: 100 records per request, the highest
+    concurrency, each sink and mode this run measured."""
+    out = ["| path | issue 12 (8b9c5bd): committed rec/s, ÷ ceiling, ÷ baseline | this run: committed rec/s, "
+           "÷ ceiling, ÷ baseline | this run: 429 % | server CPU µs per 2xx / per 429 (ringgate) | p99 ms at "
+           "~half the sustained rate (its fraction of that rate) |",
+           "|---|---|---|---:|---|---|"]
+    top = max((r["concurrency"] for r in rows), default=0)
+    for r in rows:
+        resent = not r["retry_after_ms"]
+        ref = ISSUE_12.get((r["sink"], resent))
+        if ref is None or r["records_per_request"] != 100 or r["concurrency"] != top:
+            continue
+        path = (f"{'files' if r['sink'] == 'file' else 'PostgreSQL jsonb'}, clients "
+                + ("resend a 429 at once" if resent else f"honour Retry-After ({r['retry_after_ms']} ms)"))
+        out.append(
+            f"| {path} | {ref[0]}, {ref[1]}, {ref[2]} | {_fmt(r['ringgate_committed_per_s'])}, "
+            f"{_fmt(r['ringgate_over_ceiling'], '.2f')}, {_fmt(r['ringgate_over_baseline'], '.2f')} | "
+            f"{_fmt(r['ringgate_429_rate'] if r['ringgate_429_rate'] is None else r['ringgate_429_rate'] * 100, '.1f')} | "
+            f"{_fmt(r.get('ringgate_cpu_us_per_2xx'), '.0f')} / {_fmt(r.get('ringgate_cpu_us_per_429'), '.0f')} | "
+            f"{_fmt(r.get('ringgate_half_rate_p99_ms'), '.1f')} ({_fmt(r.get('ringgate_half_rate_fraction'), '.2f')}) |")
+    return out if len(out) > 2 else []
+
+
+def _mode(retry_after_ms: int, pace_ms: float = 0) -> str:
+    if pace_ms:
+        return "half rate"
+    return "resent" if not retry_after_ms else f"wait {retry_after_ms}ms"
 
 
 def _workers(p: Point | None) -> str:
@@ -825,7 +951,7 @@ def profile(args, bodies: dict[int, str], sink: str) -> None:
         )
         time.sleep(1)
         out = run_wrk(server.port, bodies[max(bodies)], max(args.concurrency), args.duration, args.wrk_threads,
-                      args.retry_after_ms)
+                      args.retry_after_ms[0])
         _, err = spy.communicate(timeout=args.duration + 60)
         print(f"under py-spy: {out['requests'] / (out['duration_us'] / 1e6):,.0f} req/s, statuses "
               f"{out['statuses']}; raw stacks in {raw}", flush=True)
@@ -1063,7 +1189,8 @@ def run_protocols(args) -> dict:
             # /v1/ingest again at the end: how far the shared machine drifted while the others ran
             for proto in [*protocols, replace(protocols[0], name=protocols[0].name + " (again)")]:
                 point = ProtocolPoint("file", server.label, server.kind, server.workers, n, c, protocol=proto.name,
-                                      path=proto.path, body_bytes=len(proto.body), expected_status=proto.status)
+                                      path=proto.path, body_bytes=len(proto.body), expected_status=proto.status,
+                                      retry_after_ms=args.retry_after_ms[0])
                 before = server.committed()
                 point.acked = measure(point, server, None, files[proto.name.removesuffix(" (again)")], args,
                                       path=proto.path,
@@ -1156,18 +1283,21 @@ def markdown(document: dict) -> str:
            f"{'/'.join(f'{x:.1f}' for x in m['loadavg_at_start'])} at start, "
            f"{'/'.join(f'{x:.1f}' for x in document['loadavg_at_end'])} at end, {document['elapsed_s']:.0f} s; "
            f"--retry-after-ms {document['args'].get('retry_after_ms', 0)}.", ""]
-    out += ["| sink | rec/req | conc | ceiling rec/s | ringgate committed rec/s (workers) | baseline committed "
-            "rec/s (workers) | ringgate / ceiling | ringgate / baseline | ringgate p99 ms | ringgate 429 % "
-            "| server CPU s per M records: ceiling / ringgate / baseline |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     # the summary again from the stored points, so that an earlier run's JSON reads as this code summarizes
     rows, _ = summarize([Point(**p) for p in document["points"]], document.get("copy_ceiling") or [])
+    if table := issue_table(rows):
+        out += table + [""]
+    out += ["| sink | rec/req | conc | 429s | ceiling rec/s | ringgate committed rec/s (workers) | baseline committed "
+            "rec/s (workers) | ringgate / ceiling | ringgate / baseline | ringgate p99 ms | ringgate 429 % "
+            "| server CPU s per M records: ceiling / ringgate / baseline |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         no_baseline = r["sink"] == "s3" and r["baseline_committed_per_s"] is None
         fl = f", {r['ringgate_flushers']} fl" if r.get("ringgate_flushers", 1) not in (1, None) else ""
         cpu = r.get("cpu_s_per_m", {})
         out.append(
-            f"| {r['sink']} | {r['records_per_request']} | {r['concurrency']} | {_fmt(r['ceiling_per_s'])} | "
+            f"| {r['sink']} | {r['records_per_request']} | {r['concurrency']} | {_mode(r.get('retry_after_ms', 0))} | "
+            f"{_fmt(r['ceiling_per_s'])} | "
             f"{_fmt(r['ringgate_committed_per_s'])} ({_fmt(r['ringgate_workers'], 'd')}{fl}) | "
             + ("none for S3 | " if no_baseline else
                f"{_fmt(r['baseline_committed_per_s'])} ({_fmt(r['baseline_workers'], 'd')}) | ")
@@ -1179,12 +1309,13 @@ def markdown(document: dict) -> str:
         out += ["", "COPY ceiling (no HTTP; the best is the ceiling above): " + ", ".join(
             f"{c['when']} the servers, {c['connections']} connection(s): {c['rows_per_s']:,.0f} rows/s "
             f"(PostgreSQL CPU {_fmt(c['postgres_cpu_s_per_m'], '.2f')} s per M rows)" for c in document["copy_ceiling"])]
-    out += ["", "| sink | server | rec/req | conc | acked rec/s | committed rec/s | p50 ms | p99 ms | 429 % | "
+    out += ["", "| sink | server | rec/req | conc | 429s | acked rec/s | committed rec/s | p50 ms | p99 ms | 429 % | "
             "other non-2xx + socket errors | server CPU s/M | of which flusher | PostgreSQL / moto CPU s/M |",
-            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+            "|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for p in document["points"]:
         out.append(
             f"| {p['sink']} | {p['server']} | {p['records_per_request']} | {p['concurrency']} | "
+            f"{_mode(p.get('retry_after_ms', 0), p.get('pace_ms', 0))} | "
             f"{p['acked_per_s']:,.0f} | {_fmt(p['committed_per_s'])} | {p['p50_ms']:.2f} | {p['p99_ms']:.2f} | "
             f"{p['rate_429'] * 100:.1f} | {p['status_other'] + p['socket_errors']} | "
             f"{_fmt(p['server_cpu_s_per_m'], '.2f')} | {_fmt(p.get('flusher_cpu_s_per_m'), '.2f')} | "
@@ -1210,20 +1341,26 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("--sink", action="append", default=None,
-                        help="file (default), postgresql (a throwaway server), postgresql://..., or s3 (a throwaway moto "
-                             "server; no FastAPI baseline); repeatable")
+                        help="file, postgresql (a throwaway server), postgresql://..., or s3 (a throwaway moto "
+                             "server; no FastAPI baseline); repeatable (default: file and postgresql)")
     parser.add_argument("--servers", default="ceiling,ringgate,baseline")
-    parser.add_argument("--workers", type=_ints, default=[1, 2], help="worker processes to try: 1,2")
+    parser.add_argument("--workers", type=_ints, default=[2], help="worker processes to try, e.g. 1,2 (2)")
     parser.add_argument("--flushers", type=_ints, default=[1], help="ringgate flushers to try: 1,2")
-    parser.add_argument("--records", type=_ints, default=[100, 1], help="records per request: 100,1")
-    parser.add_argument("--concurrency", type=_ints, default=[16, 64], help="wrk connections: 16,64")
+    parser.add_argument("--records", type=_ints, default=[100], help="records per request, e.g. 100,1 (100)")
+    parser.add_argument("--concurrency", type=_ints, default=[64], help="wrk connections, e.g. 16,64 (64)")
     parser.add_argument("--duration", type=float, default=None, help="seconds per load point (10; --protocols: 8)")
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--repeat", type=int, default=1, help="run the whole sequence this many times (median)")
-    parser.add_argument("--wrk-threads", type=int, default=1)
-    parser.add_argument("--retry-after-ms", type=int, default=None,
-                        help="delay one request by this long per 429 (and, with --protocols, 503), as clients "
-                             "honouring Retry-After do (0: plain closed-loop wrk, the default; --protocols: 1000)")
+    parser.add_argument("--wrk-threads", type=int, default=2)
+    parser.add_argument("--retry-after-ms", type=_ints, default=None,
+                        help="client modes, each a load point: delay one request by this long per 429 (and, with "
+                             "--protocols, 503), as clients honouring Retry-After do; 0: every 429 resent at once "
+                             "(plain closed-loop wrk). Default 0,1000 (--protocols: 1000)")
+    parser.add_argument("--no-half-rate", dest="half_rate", action="store_false",
+                        help="skip the paced point at half the sustained rate (p99 below saturation)")
+    parser.add_argument("--refusal-seconds", type=float, default=5.0,
+                        help="per ringgate server, a load point with every answer a 429 (flushers stopped) for "
+                             "the server CPU per 429 (0: skip)")
     parser.add_argument("--copy-connections", type=_ints, default=[1, 2])
     parser.add_argument("--drain-timeout", type=float, default=120.0)
     parser.add_argument("--json-out", default=None)
@@ -1246,7 +1383,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.duration is None:
         args.duration = 8.0 if args.protocols else 10.0
     if args.retry_after_ms is None:
-        args.retry_after_ms = 1000 if args.protocols else 0
+        args.retry_after_ms = [1000] if args.protocols else [0, 1000]
     if shutil.which("wrk") is None:
         raise SystemExit("wrk not found: apt-get install -y wrk")
     if args.protocols:
@@ -1257,7 +1394,7 @@ def main(argv: list[str] | None = None) -> int:
             Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
             Path(args.json_out).write_text(json.dumps(document, indent=1, default=str))
         return 0
-    sinks = args.sink or ["file"]
+    sinks = args.sink or ["file", "postgresql"]
     kinds = [k for k in args.servers.split(",") if k]
 
     workdir = tempfile.mkdtemp(prefix="ringgate-e2e-")
@@ -1328,6 +1465,8 @@ def main(argv: list[str] | None = None) -> int:
         print("\nBest worker count per server and load point (committed records/s; the bare Granian "
               "ceiling stores nothing: acknowledged)")
         print("\n".join(lines))
+        if table := issue_table(rows):
+            print("\nIssue 12's table, and this run's numbers\n" + "\n".join(table))
         if copy_ceilings:
             print("COPY ceiling: " + ", ".join(f"{c['when']}: {c['connections']} conn {c['rows_per_s']:,.0f} rows/s"
                                               for c in copy_ceilings) + " (the best is the ceiling)")

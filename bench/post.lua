@@ -6,7 +6,7 @@
 -- With $WRK_RETRY_AFTER_MS set, every 429 (or other status in $WRK_BACKOFF_STATUSES, a comma
 -- list: HEC's busy answer is 503) delays one following request by that long, as a client
 -- honouring Retry-After would (wrk otherwise resends at once: a closed loop that turns a fast 429
--- into a busy loop on a machine the sink shares).
+-- into a busy loop on a machine the sink shares). $WRK_PACE_MS paces every request (below).
 local path = os.getenv("WRK_BODY_FILE")
 local f = assert(io.open(path, "rb"), "WRK_BODY_FILE must name a readable file")
 wrk.method = "POST"
@@ -43,14 +43,18 @@ function response(status, headers, body)
   end
 end
 
-local retry_after_ms = tonumber(os.getenv("WRK_RETRY_AFTER_MS") or "")
-if retry_after_ms and retry_after_ms > 0 then
+local retry_after_ms = tonumber(os.getenv("WRK_RETRY_AFTER_MS") or "") or 0
+-- $WRK_PACE_MS: every request waits this long after the previous answer on its connection, so
+-- the load is about connections / (pace + latency) requests a second (an open-ish loop below
+-- saturation: the latency measured at a chosen rate)
+local pace_ms = tonumber(os.getenv("WRK_PACE_MS") or "") or 0
+if retry_after_ms > 0 or pace_ms > 0 then
   function delay()
-    if backoff > 0 then
+    if backoff > 0 and retry_after_ms > 0 then
       backoff = backoff - 1
-      return retry_after_ms
+      return retry_after_ms + pace_ms
     end
-    return 0
+    return pace_ms
   end
 end
 
