@@ -675,14 +675,16 @@ def _copy_loop(url: str, table: str, seconds: float, out) -> None:
     from ringgate.sinks.postgres import encode_copy_binary
 
     records = make_records(10_000)
+    # ringgate's six columns, its instance name included (as its rows carry)
     stream = bytes(encode_copy_binary(Batch.from_payloads(records, ring=os.getpid() & 0x7FFF,
-                                                          received_ns=time.time_ns())))
+                                                          received_ns=time.time_ns()), instance="bench-e2e-ceiling"))
     rows = 0
     with psycopg.connect(url) as conn:
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
             with conn.transaction(), conn.cursor() as cur:
-                with cur.copy(f"COPY {table} (ring, epoch, seq, received_at, record) FROM STDIN (FORMAT BINARY)") as copy:
+                with cur.copy(f"COPY {table} (instance, ring, epoch, seq, received_at, record) FROM STDIN"
+                              " (FORMAT BINARY)") as copy:
                     copy.write(stream)
             rows += len(records)
     out.put(rows)
@@ -695,7 +697,7 @@ def copy_ceiling(pg: Postgres, connections: int, seconds: float, quiet: bool = F
     with psycopg.connect(pg.url, autocommit=True) as conn:
         conn.execute(f"DROP TABLE IF EXISTS {table}")
         conn.execute(f"CREATE TABLE {table} (ring smallint NOT NULL, epoch bigint NOT NULL, seq bigint NOT NULL,"
-                     " received_at timestamptz NOT NULL, record jsonb NOT NULL)")
+                     " received_at timestamptz NOT NULL, record jsonb NOT NULL, instance text)")
     ctx = multiprocessing.get_context("spawn")
     out = ctx.Queue()
     cpu0 = pg.cpu_seconds()

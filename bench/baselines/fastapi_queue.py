@@ -70,8 +70,9 @@ class PostgresSink:
             self.conn.execute("SELECT pg_advisory_xact_lock(42)")
             self.conn.execute(
                 f"CREATE TABLE IF NOT EXISTS {PG_TABLE} (ring smallint NOT NULL, epoch bigint NOT NULL,"
-                " seq bigint NOT NULL, received_at timestamptz NOT NULL, record jsonb NOT NULL)"
+                " seq bigint NOT NULL, received_at timestamptz NOT NULL, record jsonb NOT NULL, instance text)"
             )
+        self.instance = f"baseline-{os.getpid()}"  # ringgate's rows name their gateway too
         self.ring = os.getpid() & 0x7FFF
         self.epoch = time.time_ns()
         self.seq = 0
@@ -80,14 +81,14 @@ class PostgresSink:
         unix = datetime(1970, 1, 1, tzinfo=UTC)
         with self.conn.transaction(), self.conn.cursor() as cur:
             with cur.copy(
-                f"COPY {PG_TABLE} (ring, epoch, seq, received_at, record) FROM STDIN (FORMAT BINARY)"
+                f"COPY {PG_TABLE} (instance, ring, epoch, seq, received_at, record) FROM STDIN (FORMAT BINARY)"
             ) as copy:
-                copy.set_types(["int2", "int8", "int8", "timestamptz", "jsonb"])
+                copy.set_types(["text", "int2", "int8", "int8", "timestamptz", "jsonb"])
                 for received_ns, records in batch:
                     received_at = unix + timedelta(microseconds=received_ns // 1000)
                     for record in records:
                         self.seq += 1
-                        copy.write_row((self.ring, self.epoch, self.seq, received_at, bytes(record)))
+                        copy.write_row((self.instance, self.ring, self.epoch, self.seq, received_at, bytes(record)))
 
     def close(self) -> None:
         self.conn.close()
