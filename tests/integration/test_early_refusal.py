@@ -85,3 +85,18 @@ def test_a_declared_length_no_ring_has_room_for_is_refused_before_the_body(crowd
     resp = crowded.post(records("small", 1), headers={"X-Priority": "10"})
     assert resp.status in (202, 429), resp.body
     assert crowded.get("/healthz").status == 200
+
+
+def test_an_unread_body_is_drained_so_the_connection_serves_the_next_request(crowded):
+    """The refused request's body is never read by the app: the HTTP server drains it, and the
+    client's next request on the same connection is answered."""
+    body = b'{"records": [' + b",".join([b'{"n": 1}'] * 1000) + b"]}"
+    one = (b"POST /v1/logs HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+           b"Content-Length: %d\r\n\r\n" % len(body)) + body
+    with socket.create_connection(("127.0.0.1", crowded.port), timeout=10) as s:
+        s.sendall(one + one)
+        received = b""
+        while received.count(b"HTTP/1.1 429") < 2:
+            chunk = s.recv(65536)
+            assert chunk, received[-200:]  # closed before the second answer
+            received += chunk
