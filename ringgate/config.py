@@ -67,6 +67,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     tls_key: str = ""
     http: str = "1"  # "1": HTTP/1.1 only; "auto": HTTP/2 too
     rate_limit: float = 0.0  # records per second per client (RINGGATE_RATE_LIMIT); 0: none
+    refusal_delay_ms: int = 50  # a "retry later" answer is held this long (RINGGATE_REFUSAL_DELAY_MS)
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -155,6 +156,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             tls_key=tls_key,
             http=r.choice("RINGGATE_HTTP", "1", HTTP_MODES),
             rate_limit=parse_rate(env.get("RINGGATE_RATE_LIMIT", "")),
+            refusal_delay_ms=r.int("RINGGATE_REFUSAL_DELAY_MS", 50, lo=0, hi=1000),
         )
 
     def to_child_environ(self) -> dict[str, str]:

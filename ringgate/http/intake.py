@@ -140,6 +140,11 @@ async def accept(gw: Gateway, req: Request, intake: Intake, decoder: Decoder | N
         if gw.metrics is not None:
             gw.metrics.rejected(refusal.code, records.count if records is not None else 1)
         log_refusal(gw, refusal, client)
+        if refusal.retry_after is not None and gw.settings.refusal_delay_ms:  # "retry later" only
+            # Held, as a Kafka broker holds a throttled client's answer: a client that resends
+            # at once (ignoring Retry-After) then asks at most once per delay per connection,
+            # instead of spinning on 429s and taking the CPU the sink needs (issue 12).
+            await asyncio.sleep(gw.settings.refusal_delay_ms / 1000)
         raise
     gw.metrics.accepted(client, stored.count)
     if intake.ack_commit and req.scope.get("query_string") and req.query("ack") == "commit":

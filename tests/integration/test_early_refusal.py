@@ -11,6 +11,7 @@ waited would time the client out).
 from __future__ import annotations
 
 import socket
+import time
 
 import pytest
 
@@ -100,3 +101,15 @@ def test_an_unread_body_is_drained_so_the_connection_serves_the_next_request(cro
             chunk = s.recv(65536)
             assert chunk, received[-200:]  # closed before the second answer
             received += chunk
+
+
+def test_a_retry_later_answer_is_held_for_the_refusal_delay(make_gateway, tmp_path):
+    """A client resending every 429 at once asks at most once per RINGGATE_REFUSAL_DELAY_MS per
+    connection."""
+    blocker = tmp_path / "blocked"
+    blocker.write_text("x")
+    gw = make_gateway(RING_BYTES=str(64 * 1024), SINK=f"file://{blocker}/data", REFUSAL_DELAY_MS="1000")
+    assert fill(gw) == "low_priority"
+    started = time.monotonic()
+    resp = gw.post(records("late", 1), path="/v1/logs", content_type="application/json")
+    assert resp.status == 429 and time.monotonic() - started >= 1.0, resp.body
