@@ -223,6 +223,7 @@ def make_sink(settings: Settings) -> Sink:
             instance=settings.instance,
             dedup_key=settings.pg_dedup_key,
             partition=settings.pg_partition,
+            record_type=settings.pg_record_type,
         )
     if label == "stdout":
         from .stdout import StdoutSink

@@ -16,9 +16,11 @@ arrays, 2048 records at a time (no Python per record). Per row, before the JSON 
     int32 8,  int64 seq                       the record's ring position
     int32 8,  int64 received_at               µs since 2000-01-01 UTC (timestamptz's binary form)
     int32 L+1, uint8 1                        jsonb: version byte, then L bytes of JSON text
+                                              (json, `record_type="json"`: int32 L, the text alone)
 
 all big-endian: a fixed prefix of 53 + N bytes (`row_prefix(N)`), then the payload. (Without an
-instance, `encode_copy_binary(batch)` writes the five other columns: a 49-byte prefix.) The
+instance, `encode_copy_binary(batch)` writes the five other columns: a 49-byte prefix; json's
+prefixes are a byte shorter.) The
 instance costs 4 + N bytes per row on the wire and one more text column for the server to parse:
 bench/RESULTS.md, "More than one gateway", measured it. The stream opens with
 the 19-byte signature and ends with int16 -1. psycopg's per-row `write_row` produces the same
@@ -56,6 +58,10 @@ logger = logging.getLogger(__name__)
 COLUMNS = ("instance", "ring", "epoch", "seq", "received_at", "record")
 COLUMN_TYPES = ("text", "smallint", "bigint", "bigint", "timestamp with time zone", "jsonb")
 COPY_TYPES = ("text", "int2", "int8", "int8", "timestamptz", "jsonb")  # for `Copy.set_types`
+#: the record column: jsonb (the default: parsed into the server's binary form, queryable and
+#: indexable) or json (the text as sent, syntax-checked: about twice as fast to load, parsed
+#: again by every query that looks inside). Same name in SQL and in `Copy.set_types`.
+RECORD_TYPES = ("jsonb", "json")
 
 # signature, int32 flags (0: no OIDs), int32 header extension length (0)
 COPY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + bytes(4) + bytes(4)
@@ -78,13 +84,17 @@ ROW_PREFIX = np.dtype(
 
 
 @functools.lru_cache(maxsize=8)
-def row_prefix(instance_bytes: int) -> np.dtype:
+def row_prefix(instance_bytes: int, record_type: str = "jsonb") -> np.dtype:
     """The packed fixed part of a row: `ROW_PREFIX` after an instance of `instance_bytes` bytes
-    (0: no instance column)."""
-    if instance_bytes == 0:
+    (0: no instance column); for a json record, without jsonb's version byte."""
+    if instance_bytes == 0 and record_type == "jsonb":
         return ROW_PREFIX
     fields = [(name, ROW_PREFIX.fields[name][0]) for name in ROW_PREFIX.names]
-    return np.dtype(fields[:1] + [("instance_length", ">i4"), ("instance", f"S{instance_bytes}")] + fields[1:])
+    if record_type == "json":
+        fields = fields[:-1]
+    if instance_bytes:
+        fields = fields[:1] + [("instance_length", ">i4"), ("instance", f"S{instance_bytes}")] + fields[1:]
+    return np.dtype(fields)
 
 
 PG_EPOCH_UNIX_US = 946_684_800_000_000  # 2000-01-01T00:00:00Z in µs since the Unix epoch
@@ -126,10 +136,10 @@ _CONTENT_CLASSES = ("22", "23", "54")
 # ---------------------------------------------------------------------------------- encoding
 
 
-def encode_copy_binary(batch: Batch, instance: str | None = None) -> memoryview:
+def encode_copy_binary(batch: Batch, instance: str | None = None, record_type: str = "jsonb") -> memoryview:
     """The complete PGCOPY binary stream for `batch`, ready for `Copy.write`: columns as `COLUMNS`
-    with `instance`, without it the five others (`COLUMNS[1:]`)."""
-    return _encode(batch, COPY_SIGNATURE, COPY_TRAILER, _instance_bytes(instance))
+    with `instance`, without it the five others (`COLUMNS[1:]`); the record as `record_type`."""
+    return _encode(batch, COPY_SIGNATURE, COPY_TRAILER, _instance_bytes(instance), record_type)
 
 
 def _instance_bytes(instance: str | None) -> bytes:
@@ -141,7 +151,8 @@ def _instance_bytes(instance: str | None) -> bytes:
 
 
 def write_copy_bulk(
-    copy: psycopg.Copy, batch: Batch, chunk_rows: int = COPY_CHUNK_ROWS, instance: str | None = None
+    copy: psycopg.Copy, batch: Batch, chunk_rows: int = COPY_CHUNK_ROWS, instance: str | None = None,
+    record_type: str = "jsonb",
 ) -> None:
     """Send `batch` as one binary COPY stream, encoded in bulk `chunk_rows` records at a time
     (columns as `encode_copy_binary`'s).
@@ -155,10 +166,11 @@ def write_copy_bulk(
     for lo in range(0, max(n, 1), chunk_rows):
         hi = min(lo + chunk_rows, n)
         part = batch.slice(lo, hi) if n else batch
-        copy.write(_encode(part, COPY_SIGNATURE if lo == 0 else b"", COPY_TRAILER if hi == n else b"", name))
+        copy.write(_encode(part, COPY_SIGNATURE if lo == 0 else b"", COPY_TRAILER if hi == n else b"", name,
+                           record_type))
 
 
-def _encode(batch: Batch, head: bytes, tail: bytes, instance: bytes = b"") -> memoryview:
+def _encode(batch: Batch, head: bytes, tail: bytes, instance: bytes = b"", record_type: str = "jsonb") -> memoryview:
     """`head`, the rows of `batch` in PGCOPY binary, `tail`: one buffer, built in bulk; each row
     starting with `instance` as a text column unless it is empty.
 
@@ -184,7 +196,8 @@ def _encode(batch: Batch, head: bytes, tail: bytes, instance: bytes = b"") -> me
     if (runs_in < 0).any():
         raise ValueError(f"batch {batch.name}: payloads overlap, are out of order or lie outside its data")
 
-    dtype = row_prefix(len(instance))
+    jsonb = record_type == "jsonb"
+    dtype = row_prefix(len(instance), record_type)
     prefix = np.empty(n, dtype=dtype)
     prefix["field_count"] = len(COLUMNS) if instance else len(COLUMNS) - 1
     if instance:
@@ -199,8 +212,11 @@ def _encode(batch: Batch, head: bytes, tail: bytes, instance: bytes = b"") -> me
     prefix["received_at_length"] = 8
     # floor division: the µs a timestamp falls in, before 1970 and 2000 too
     prefix["received_at"] = np.asarray(batch.received_ns, dtype=np.int64) // 1000 - PG_EPOCH_UNIX_US
-    prefix["record_length"] = lengths + 1
-    prefix["jsonb_version"] = 1
+    if jsonb:
+        prefix["record_length"] = lengths + 1
+        prefix["jsonb_version"] = 1
+    else:
+        prefix["record_length"] = lengths
 
     rows_length = n * dtype.itemsize + int(lengths.sum())
     out = np.empty(len(head) + rows_length + len(tail), dtype=np.uint8)
@@ -228,11 +244,12 @@ def _raw_json(obj):
     return obj
 
 
-def write_copy_rows(copy: psycopg.Copy, batch: Batch, instance: str | None = None) -> None:
+def write_copy_rows(copy: psycopg.Copy, batch: Batch, instance: str | None = None, record_type: str = "jsonb") -> None:
     """The psycopg way, one `write_row` per record: the reference `write_copy_bulk` is tested and
     benchmarked against (the same bytes on the wire)."""
     set_json_dumps(_raw_json, context=copy.cursor)
-    copy.set_types(list(COPY_TYPES if instance is not None else COPY_TYPES[1:]))
+    types = [*COPY_TYPES[:-1], record_type]
+    copy.set_types(types if instance is not None else types[1:])
     ring, epoch, data = int(batch.ring), int(batch.epoch), batch.data
     first = () if instance is None else (instance,)
     for seq, ns, start, length in zip(
@@ -398,7 +415,12 @@ class PostgresCopySink:
     are always kept. `partition`: "none" or "month" (range on received_at, monthly partitions in
     UTC created on demand, including the month after the newest record).
     `copy_method`: "bulk" (numpy-encoded stream, the default) or "rows" (psycopg's write_row,
-    the reference), for the oracle test and the benchmark.
+    the reference), for the oracle test and the benchmark. `record_type`: the record column's,
+    "jsonb" or "json" (`RECORD_TYPES`); a table whose record column has the other type is
+    refused like any table of the wrong shape.
+
+    `prepare(batch)` does a delivery's CPU work ahead (screen, encode), from the thread that reads
+    the ring while this sink's connection delivers the batch before; `deliver` then only sends.
     """
 
     name = "postgresql"
@@ -413,6 +435,7 @@ class PostgresCopySink:
         partition: str = "none",
         connect_timeout_s: float = 5.0,
         copy_method: str = "bulk",
+        record_type: str = "jsonb",
     ) -> None:
         # folded to lower case, as SQL folds an unquoted identifier
         match = _TABLE_RE.match(table.lower()) if table.isascii() else None
@@ -426,6 +449,8 @@ class PostgresCopySink:
             raise ConfigurationError(
                 f"PostgreSQL partition must be one of {', '.join(PARTITIONS)}: {partition!r}"
             )
+        if record_type not in RECORD_TYPES:
+            raise ConfigurationError(f"PostgreSQL record type must be one of {', '.join(RECORD_TYPES)}: {record_type!r}")
         if copy_method not in ("bulk", "rows"):
             raise ConfigurationError(f"PostgreSQL copy method must be bulk or rows: {copy_method!r}")
         if not instance:
@@ -439,6 +464,10 @@ class PostgresCopySink:
         self._dedup_key = dedup_key
         self._partition = partition
         self._copy_method = copy_method
+        self._record_type = record_type
+        self._column_types = (*COLUMN_TYPES[:-1], record_type)
+        # what `prepare` did, by batch: (batch, refusals predicted, their errors, COPY stream of the rest)
+        self._prepared: dict[int, tuple[Batch, np.ndarray, list[str], memoryview]] = {}
         self._connect_timeout = max(1, math.ceil(connect_timeout_s))
         self._conn: psycopg.Connection | None = None
         self._months: set[date] = set()  # partitions known to exist
@@ -554,9 +583,33 @@ class PostgresCopySink:
         except psycopg.Error as exc:
             raise self._failure(exc, content=content) from exc
 
-    def _deliver_routing(self, conn: psycopg.Connection, batch: Batch, dead_letter: DeadLetterCallback) -> None:
+    def prepare(self, batch: Batch) -> None:
+        """Screen `batch` and encode the COPY of the records it keeps, for the `deliver` of this
+        same batch (by identity) that follows. Thread-safe against a `deliver` of another batch."""
+        predicted, errors = self._screen(batch)
+        keep = np.ones(batch.count, dtype=bool)
+        keep[predicted] = False
+        stream = encode_copy_binary(_select(batch, keep) if len(predicted) else batch, self._instance, self._record_type)
+        self._prepared[id(batch)] = (batch, predicted, errors, stream)
+        while len(self._prepared) > 2:  # one in delivery, one prepared: drop what was never delivered
+            del self._prepared[next(iter(self._prepared))]
+
+    def _screen(self, batch: Batch) -> tuple[np.ndarray, list[str]]:
+        """The records the server will refuse, found before the COPY, with the server's words.
+        json keeps the text as sent (\u0000 escapes, numbers past numeric's range) and the HTTP
+        worker already refused what its syntax check refuses: nothing to predict."""
+        if self._record_type != "jsonb":
+            return np.zeros(0, dtype=np.int64), []
         predicted, reasons = screen(batch)
-        predicted_errors = [self._refusal_text(state, message) for state, message in reasons]
+        return predicted, [self._refusal_text(state, message) for state, message in reasons]
+
+    def _deliver_routing(self, conn: psycopg.Connection, batch: Batch, dead_letter: DeadLetterCallback) -> None:
+        prepared = self._prepared.pop(id(batch), None)
+        if prepared is not None and prepared[0] is batch:
+            _, predicted, predicted_errors, stream = prepared
+        else:
+            predicted, predicted_errors = self._screen(batch)
+            stream = None
         isolating = False  # first without savepoints (the common case costs nothing more)
         while True:
             content = False
@@ -573,7 +626,9 @@ class PostgresCopySink:
                         refused.update(self._isolate(cur, batch, np.flatnonzero(good)))
                     elif good.any():
                         content = True
-                        self._copy(cur, _select(batch, good))
+                        # the prepared stream holds every record but the predicted refusals:
+                        # good unless an earlier delivery committed some of them
+                        self._copy(cur, _select(batch, good), stream if new.all() else None)
                         content = False
                     if refused:
                         order = sorted(refused)
@@ -633,13 +688,16 @@ class PostgresCopySink:
         name = psycopg.errors.lookup(state).__name__
         return f"PostgreSQL {self._where} refused the records: {name} ({state}): {message} (found before sending)"
 
-    def _copy(self, cur: psycopg.Cursor, batch: Batch) -> None:
+    def _copy(self, cur: psycopg.Cursor, batch: Batch, stream: memoryview | None = None) -> None:
+        """COPY `batch`: `stream` if given (what `prepare` encoded for it), else encoded now."""
         statement = self._sql_copy_staging if self._dedup_key else self._sql_copy_table
         with cur.copy(statement) as copy:
-            if self._copy_method == "bulk":
-                write_copy_bulk(copy, batch, instance=self._instance)
+            if stream is not None and self._copy_method == "bulk":
+                copy.write(stream)
+            elif self._copy_method == "bulk":
+                write_copy_bulk(copy, batch, instance=self._instance, record_type=self._record_type)
             else:
-                write_copy_rows(copy, batch, instance=self._instance)
+                write_copy_rows(copy, batch, instance=self._instance, record_type=self._record_type)
         if self._dedup_key:
             cur.execute(self._sql_dedup_insert, {"key": self._dedup_key})
 
@@ -682,7 +740,7 @@ class PostgresCopySink:
                         sql.Identifier(_STAGING),
                         sql.SQL(", ").join(
                             sql.SQL("{} {}").format(sql.Identifier(c), sql.SQL(t))
-                            for c, t in zip(COLUMNS, COLUMN_TYPES, strict=True)
+                            for c, t in zip(COLUMNS, self._column_types, strict=True)
                         ),
                     )
                 )
@@ -699,9 +757,10 @@ class PostgresCopySink:
         retry, not content to dead-letter)."""
         events = sql.SQL(
             "CREATE TABLE {} (ring smallint NOT NULL, epoch bigint NOT NULL, seq bigint NOT NULL,"
-            " received_at timestamptz NOT NULL, record jsonb NOT NULL, instance text){}"
+            " received_at timestamptz NOT NULL, record {} NOT NULL, instance text){}"
         ).format(
             self._table,
+            sql.SQL(self._record_type),
             sql.SQL(" PARTITION BY RANGE (received_at)" if self._partition == "month" else ""),
         )
         offsets = sql.SQL(
@@ -737,7 +796,7 @@ class PostgresCopySink:
         types = {name: typ for name, typ, _, _ in rows}
         problems = [
             f"{column} is {types.get(column, 'missing')}, not {typ}"
-            for column, typ in zip(COLUMNS, COLUMN_TYPES, strict=True)
+            for column, typ in zip(COLUMNS, self._column_types, strict=True)
             if types.get(column) != typ
         ]
         problems += [

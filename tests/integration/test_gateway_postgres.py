@@ -448,6 +448,31 @@ def test_poisoned_records_alone_are_dead_lettered(make_gateway, postgres_server,
     assert gw.stop() == 0
 
 
+def test_json_record_column_stores_what_jsonb_would_dead_letter(make_gateway, postgres_server, postgres_table,
+                                                               tmp_path):
+    """RINGGATE_PG_RECORD_TYPE=json: the table is made with a json record column, and records
+    jsonb refuses (\u0000, a number past numeric's range) are stored as sent, none dead-lettered."""
+    pg, table = postgres_server, postgres_table
+    dlq = tmp_path / "dlq"
+    gw = pg_gateway(make_gateway, pg, table, DLQ=f"file://{dlq}", PG_RECORD_TYPE="json")
+    records = [
+        b'{"id":"nul","v":"a\\u0000b"}',
+        b'{"id":"huge","v":1e999999}',
+        b'{"id":"plain","v":"h\xc3\xa9llo","n":[1,2.5,null]}',
+    ]
+    assert b"\\u0000" in records[0] and b"\x00" not in records[0]
+    resp = gw.post(b"[" + b",".join(records) + b"]", path="/v1/ingest?ack=commit")
+    assert resp.status == 200 and resp.json()["status"] == "committed", resp.body
+    stored = query(pg, f"SELECT record::text FROM {table} ORDER BY seq")
+    assert stored == [(r.decode(),) for r in records]
+    (typ,) = query(pg, "SELECT format_type(atttypid, atttypmod) FROM pg_attribute"
+                       f" WHERE attrelid = '{table}'::regclass AND attname = 'record'")[0]
+    assert typ == "json"
+    assert not dlq.exists() or file_sink_records(dlq) == []
+    assert metric(gw, "ringgate_records_dead_lettered_total") == 0
+    assert gw.stop() == 0
+
+
 # -- 5. the dedup key, with and without monthly partitions ------------------------------------------
 
 

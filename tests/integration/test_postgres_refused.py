@@ -288,3 +288,51 @@ def test_sigkill_between_the_dead_letter_write_and_the_commit(make_gateway, post
     assert_exactly_once(good_ids, stored)
     assert len(stored) == len(good_ids)
     assert gw.stop() == 0
+
+
+# -- a json record column: what it refuses -------------------------------------------------------
+
+#: what json refuses of the texts above: nothing. It checks the syntax and keeps the text:
+#: \u0000, numbers past numeric's range, even a surrogate escape not in a pair (which the HTTP
+#: worker refuses before anything reaches a ring)
+JSON_REFUSED: list[str] = []
+
+
+@pytest.mark.parametrize("text", ACCEPTED + REFUSED, ids=lambda t: t[:24] + (f"..{len(t)}" if len(t) > 24 else ""))
+def test_json_takes_every_text_jsonb_refuses(postgres_server, text):
+    with postgres_server.connect() as conn:
+        try:
+            conn.execute("SELECT %s::text::json IS NOT NULL", (text,))
+            server = None
+        except Exception as exc:  # noqa: BLE001 - the server's verdict, whatever its class
+            server = exc.sqlstate
+    assert (server is not None) == (text in JSON_REFUSED), f"the server answered {server}: fix JSON_REFUSED"
+
+
+def test_json_column_stores_the_text_as_sent_and_refuses_nothing_jsonb_would(postgres_server, postgres_table):
+    """A json sink: records jsonb refuses (\\u0000, numbers past numeric's range) are stored, byte
+    for byte; nothing is predicted refused, nothing dead-lettered; the table is made json."""
+    pg, table = postgres_server, postgres_table
+    texts = [t for t in ACCEPTED + REFUSED if t not in JSON_REFUSED]
+    payloads = [f'{{"i":{i},"v":{t}}}'.encode() for i, t in enumerate(texts)]
+    batch = Batch.from_payloads(payloads, first_position=64)
+    sink = PostgresCopySink(pg.url, table=table, instance="test", record_type="json")
+    calls: list[Refused] = []
+    try:
+        sink.prepare(batch)
+        sink.deliver(batch, dead_letter=lambda b, refused: calls.append(refused))
+    finally:
+        sink.close()
+    assert calls == []
+    rows = query(pg, f"SELECT seq, record::text FROM {table} ORDER BY seq")
+    assert rows == [(int(p), t.decode()) for p, t in zip(batch.positions, payloads, strict=True)]
+    assert query(pg, f"SELECT format_type(atttypid, atttypmod) FROM pg_attribute"
+                     f" WHERE attrelid = '{table}'::regclass AND attname = 'record'") == [("json",)]
+    # the same records into jsonb: the ones jsonb refuses go to the dead letters
+    sink = PostgresCopySink(pg.url, table=table + "_b", instance="test")
+    try:
+        sink.deliver(batch, dead_letter=lambda b, refused: calls.append(refused))
+    finally:
+        sink.close()
+    # (but an unpaired surrogate, which `screen` leaves to the server and the worker refuses)
+    assert len(calls) == 1 and len(calls[0].indices) == len(REFUSED)

@@ -115,3 +115,10 @@ def test_default_instance_stays_the_old_default_while_its_rings_are_here(monkeyp
     finally:
         os.unlink(left)
     assert Settings.from_environ({"RINGGATE_PORT": str(port)}).instance == f"somehost-{port}"
+
+
+def test_pg_record_type_is_jsonb_unless_json_is_asked_for():
+    assert Settings.from_environ({}).pg_record_type == "jsonb"
+    assert Settings.from_environ({"RINGGATE_PG_RECORD_TYPE": "JSON"}).pg_record_type == "json"
+    with pytest.raises(ConfigurationError, match="RINGGATE_PG_RECORD_TYPE must be one of jsonb, json: 'text'"):
+        Settings.from_environ({"RINGGATE_PG_RECORD_TYPE": "text"})
