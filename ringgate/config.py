@@ -16,7 +16,7 @@ import msgspec
 from .errors import ConfigurationError
 from .keys import parse_entries, read_file
 from .ratelimit import parse_rate
-from .sinks import check_url
+from .sinks import check_url, sink_kind
 
 MIB = 1 << 20
 CHILD_SETTINGS_ENV = "RINGGATE_SETTINGS_JSON"
@@ -124,8 +124,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         return cls(
             host=env.get("RINGGATE_HOST", "127.0.0.1"),
             port=port,
-            workers=r.int("RINGGATE_WORKERS", os.cpu_count() or 1, lo=1, hi=256),
-            flushers=r.int("RINGGATE_FLUSHERS", 1, lo=1, hi=64),
+            workers=r.int("RINGGATE_WORKERS", cores(), lo=1, hi=256),
+            flushers=r.int("RINGGATE_FLUSHERS", default_flushers(sink), lo=1, hi=64),
             ring_bytes=ring_bytes,
             batch_records=r.int("RINGGATE_BATCH_RECORDS", 10_000, lo=1),
             batch_bytes=r.int("RINGGATE_BATCH_BYTES", 8 * MIB, lo=1),
@@ -246,6 +246,21 @@ def _parse_int(text: str) -> int:
         if lowered.endswith(suffix) and lowered[: -len(suffix)].strip().isdigit():
             return int(lowered[: -len(suffix)]) * factor
     return int(text)
+
+
+def cores() -> int:
+    """The CPUs this process may run on (its affinity: a container's cpuset, `taskset`)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def default_flushers(sink: str) -> int:
+    """RINGGATE_FLUSHERS when it is not set: what the sink declares it gains from, at most one per
+    core (rings, flushers and PostgreSQL connections are one to one)."""
+    kind = sink_kind(sink)
+    return max(1, min(cores(), kind.max_default_flushers if kind else 1))
 
 
 def default_instance(port: int) -> str:

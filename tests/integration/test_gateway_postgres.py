@@ -183,7 +183,8 @@ def test_sigkill_of_the_flusher_mid_copy_loses_nothing_and_doubles_nothing(
     make_gateway, postgres_server, postgres_table
 ):
     pg, table = postgres_server, postgres_table
-    gw = pg_gateway(make_gateway, pg, table, BATCH_RECORDS="200", FLUSH_INTERVAL_MS="20")
+    # one flusher (the default for PostgreSQL is one per core): the one this test kills
+    gw = pg_gateway(make_gateway, pg, table, BATCH_RECORDS="200", FLUSH_INTERVAL_MS="20", FLUSHERS="1")
     killed_during_copy = 0
     old_backends: set[int] = set()
     with Load(gw.port, clients=4, max_requests=3000, max_seconds=30) as load, pg.connect() as conn:
@@ -260,7 +261,8 @@ def test_sigkill_of_the_flusher_after_commit_is_skipped_by_the_offsets(
             f"CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT ON {table} DEFERRABLE INITIALLY DEFERRED"
             f" FOR EACH ROW EXECUTE FUNCTION {table}_slow_commit()"
         )
-    gw = pg_gateway(make_gateway, pg, table, BATCH_RECORDS="400", FLUSH_INTERVAL_MS="20")
+    # one flusher, ring 0's: the one this test kills and whose in-flight range it reads
+    gw = pg_gateway(make_gateway, pg, table, BATCH_RECORDS="400", FLUSH_INTERVAL_MS="20", FLUSHERS="1")
     committed_before_replay = []  # in-flight ranges whose rows the killed flusher had committed
     try:
         with Load(gw.port, clients=3, max_requests=3000, max_seconds=30) as load, pg.connect() as conn:
