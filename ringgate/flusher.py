@@ -3,14 +3,6 @@
 Only a flusher frees ring space, and only after its sink has durably committed the batch. Before
 the first attempt it records the batch's range in the ring header, so a flusher restarted after
 a crash replays exactly that range first: a batch is always the same records under the same name.
-
-Pipelined, depth one: a delivery thread owns the sink's connection and delivers batch N (with
-its retries) and then releases it, while the main thread reads batch N+1 from the ring just past
-N and has the sink prepare it (PostgreSQL: screen and encode), so the sink's server is not idle
-while we read and encode, nor we while it parses. N+1 is handed over, its range recorded in
-flight, only after N is released: one batch at a time is ever in the sink, so the in-flight
-range stays exactly the batch a restarted flusher must replay. Two read buffers alternate: the
-one the batch in delivery points into is never read into.
 """
 
 from __future__ import annotations
@@ -20,11 +12,7 @@ import os
 import random
 import signal
 import sys
-import threading
 import time
-from collections.abc import Callable
-from concurrent.futures import Future
-from queue import SimpleQueue
 
 import msgspec
 import numpy as np
@@ -54,32 +42,6 @@ def backoff_s(attempt: int, base_ms: int, max_ms: int, rng: random.Random) -> fl
     return rng.uniform(ceiling / 2, ceiling) / 1000
 
 
-class DeliveryThread:
-    """One daemon thread running what it is given, in order; each call's outcome in a Future.
-
-    A daemon, unlike a ThreadPoolExecutor's worker (joined at interpreter exit): a flusher that
-    stops (a dead-letter store that cannot be written, a bug) must exit even while a delivery
-    is retrying an outage for ever; the ring keeps the batch and its replacement replays it."""
-
-    def __init__(self, name: str) -> None:
-        self._work: SimpleQueue = SimpleQueue()
-        threading.Thread(target=self._run, name=name, daemon=True).start()
-
-    def submit(self, fn: Callable, *args) -> Future:
-        future: Future = Future()
-        self._work.put((future, fn, args))
-        return future
-
-    def _run(self) -> None:
-        while True:
-            future, fn, args = self._work.get()
-            future.set_running_or_notify_cancel()
-            try:
-                future.set_result(fn(*args))
-            except BaseException as exc:  # noqa: BLE001 - handed to the thread that collects the result
-                future.set_exception(exc)
-
-
 class Flusher:
     def __init__(self, settings: Settings, ring_index: int, ring: Ring, sink: Sink, metrics: Metrics | None,
                  dead_letters=None, clock=time.monotonic, sleep=time.sleep) -> None:
@@ -93,12 +55,7 @@ class Flusher:
         self._clock = clock
         self._sleep = sleep
         self._rng = random.Random()
-        # double buffered: one for the batch in delivery, one to read the next into
-        self._buffers = [ReadBuffers(settings.batch_records, settings.batch_bytes, ring.capacity) for _ in range(2)]
-        self._spare = 0  # index of the buffers the next read may use
-        self._delivering: Future | None = None  # the batch handed to the delivery thread
-        self._handed_through = 0  # ring position just past the batch handed over (valid while delivering)
-        self._sender: DeliveryThread | None = None
+        self._buffers = ReadBuffers(settings.batch_records, settings.batch_bytes, ring.capacity)
         self._blocked: tuple[int, float] | None = None  # (position, since) of a claim we wait on
         self._attempts = 0
         self._done_through = -1
@@ -109,24 +66,16 @@ class Flusher:
         """Deliver until drained (supervisor set DRAINING and the ring is empty); returns 0."""
         self.replay_inflight()
         idle = IDLE_POLL_S
-        self._sender = DeliveryThread(f"ring{self.ring_index}-delivery")
-        try:
-            while True:
-                delivered = self.step()
-                if delivered:
-                    idle = IDLE_POLL_S
-                    continue
-                if self._delivering is not None:
-                    if self._delivering.done():
-                        self._collect()  # raises what the delivery raised
-                        continue
-                elif self.ring.draining and self.ring.consumer_position >= self.ring.producer_position:
-                    log.info("ring %d drained at position %d", self.ring_index, self.ring.consumer_position)
-                    return 0
-                self._sleep(idle)
-                idle = min(MAX_IDLE_POLL_S, idle * 2)
-        finally:
-            self._sender = None
+        while True:
+            delivered = self.step()
+            if delivered:
+                idle = IDLE_POLL_S
+                continue
+            if self.ring.draining and self.ring.consumer_position >= self.ring.producer_position:
+                log.info("ring %d drained at position %d", self.ring_index, self.ring.consumer_position)
+                return 0
+            self._sleep(idle)
+            idle = min(MAX_IDLE_POLL_S, idle * 2)
 
     def replay_inflight(self) -> None:
         """Redeliver exactly the batch a previous flusher recorded before it died."""
@@ -145,27 +94,22 @@ class Flusher:
         self.ring.release(next_)
 
     def step(self) -> bool:
-        """Read what the ring holds past what is handed over; hand a batch to the delivery thread
-        when it is full or old enough (outside `run`: deliver it here). True if it did."""
+        """Read what the ring holds; deliver a batch when it is full or old enough. True if it did."""
         ring = self.ring
-        cursor = self._handed_through if self._delivering is not None else ring.consumer_position
-        buffers = self._buffers[self._spare]
-        result = ring.read(cursor, self.settings.batch_records, self.settings.batch_bytes, buffers)
+        cursor = ring.consumer_position
+        result = ring.read(cursor, self.settings.batch_records, self.settings.batch_bytes, self._buffers)
         if result.count == 0:
-            if result.next_position > cursor:  # only padding: free it (after the batch before it)
-                self._collect()
+            ring.oldest_pending_ns = 0
+            if result.next_position > cursor:  # only padding: free it
                 ring.release(result.next_position)
                 return True
-            if self._delivering is None:
-                ring.oldest_pending_ns = 0
             if result.status != L.READ_IDLE:
                 self._maybe_unblock(result.next_position, result.status)
             else:
                 self._blocked = None
             return False
-        oldest = int(buffers.received[0])
-        if self._delivering is None:
-            ring.oldest_pending_ns = oldest
+        oldest = int(self._buffers.received[0])
+        ring.oldest_pending_ns = oldest
         # a claim in progress at the frontier is the normal state under load: it does not make the
         # batch full (the flush interval bounds how long records wait behind an abandoned one)
         full = (
@@ -174,31 +118,12 @@ class Flusher:
         )
         if not full and not ring.draining:
             self._wait_for_batch(cursor, oldest, result)
-            result = ring.read(cursor, self.settings.batch_records, self.settings.batch_bytes, buffers)
-        batch = self._batch(buffers, result.count, result.data_length, result.next_position)
-        prepare = getattr(self.sink, "prepare", None)
-        if prepare is not None:
-            prepare(batch)  # while the batch before it is in the sink
-        self._collect()
-        ring.oldest_pending_ns = oldest
+            result = ring.read(cursor, self.settings.batch_records, self.settings.batch_bytes, self._buffers)
+        batch = self._batch(self._buffers, result.count, result.data_length, result.next_position)
         ring.set_inflight(cursor, result.next_position)
-        if self._sender is None:
-            self._deliver_and_release(batch)
-            return True
-        self._delivering = self._sender.submit(self._deliver_and_release, batch)
-        self._handed_through = result.next_position
-        self._spare ^= 1
-        return True
-
-    def _deliver_and_release(self, batch: Batch) -> None:
         self._deliver(batch)
-        self.ring.release(batch.next_position)
-
-    def _collect(self) -> None:
-        """Wait for the batch in delivery to be delivered and released; raise what it raised."""
-        delivering, self._delivering = self._delivering, None
-        if delivering is not None:
-            delivering.result()
+        ring.release(result.next_position)
+        return True
 
     def _wait_for_batch(self, cursor: int, oldest_ns: int, result: ReadResult) -> None:
         """Wait, watching only the ring header (copying nothing), until the partial batch at
