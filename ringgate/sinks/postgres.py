@@ -418,9 +418,6 @@ class PostgresCopySink:
     the reference), for the oracle test and the benchmark. `record_type`: the record column's,
     "jsonb" or "json" (`RECORD_TYPES`); a table whose record column has the other type is
     refused like any table of the wrong shape.
-
-    `prepare(batch)` does a delivery's CPU work ahead (screen, encode), from the thread that reads
-    the ring while this sink's connection delivers the batch before; `deliver` then only sends.
     """
 
     name = "postgresql"
@@ -466,8 +463,6 @@ class PostgresCopySink:
         self._copy_method = copy_method
         self._record_type = record_type
         self._column_types = (*COLUMN_TYPES[:-1], record_type)
-        # what `prepare` did, by batch: (batch, refusals predicted, their errors, COPY stream of the rest)
-        self._prepared: dict[int, tuple[Batch, np.ndarray, list[str], memoryview]] = {}
         self._connect_timeout = max(1, math.ceil(connect_timeout_s))
         self._conn: psycopg.Connection | None = None
         self._months: set[date] = set()  # partitions known to exist
@@ -583,17 +578,6 @@ class PostgresCopySink:
         except psycopg.Error as exc:
             raise self._failure(exc, content=content) from exc
 
-    def prepare(self, batch: Batch) -> None:
-        """Screen `batch` and encode the COPY of the records it keeps, for the `deliver` of this
-        same batch (by identity) that follows. Thread-safe against a `deliver` of another batch."""
-        predicted, errors = self._screen(batch)
-        keep = np.ones(batch.count, dtype=bool)
-        keep[predicted] = False
-        stream = encode_copy_binary(_select(batch, keep) if len(predicted) else batch, self._instance, self._record_type)
-        self._prepared[id(batch)] = (batch, predicted, errors, stream)
-        while len(self._prepared) > 2:  # one in delivery, one prepared: drop what was never delivered
-            del self._prepared[next(iter(self._prepared))]
-
     def _screen(self, batch: Batch) -> tuple[np.ndarray, list[str]]:
         """The records the server will refuse, found before the COPY, with the server's words.
         json keeps the text as sent (\u0000 escapes, numbers past numeric's range) and the HTTP
@@ -604,12 +588,7 @@ class PostgresCopySink:
         return predicted, [self._refusal_text(state, message) for state, message in reasons]
 
     def _deliver_routing(self, conn: psycopg.Connection, batch: Batch, dead_letter: DeadLetterCallback) -> None:
-        prepared = self._prepared.pop(id(batch), None)
-        if prepared is not None and prepared[0] is batch:
-            _, predicted, predicted_errors, stream = prepared
-        else:
-            predicted, predicted_errors = self._screen(batch)
-            stream = None
+        predicted, predicted_errors = self._screen(batch)
         isolating = False  # first without savepoints (the common case costs nothing more)
         while True:
             content = False
@@ -626,9 +605,7 @@ class PostgresCopySink:
                         refused.update(self._isolate(cur, batch, np.flatnonzero(good)))
                     elif good.any():
                         content = True
-                        # the prepared stream holds every record but the predicted refusals:
-                        # good unless an earlier delivery committed some of them
-                        self._copy(cur, _select(batch, good), stream if new.all() else None)
+                        self._copy(cur, _select(batch, good))
                         content = False
                     if refused:
                         order = sorted(refused)
@@ -688,13 +665,10 @@ class PostgresCopySink:
         name = psycopg.errors.lookup(state).__name__
         return f"PostgreSQL {self._where} refused the records: {name} ({state}): {message} (found before sending)"
 
-    def _copy(self, cur: psycopg.Cursor, batch: Batch, stream: memoryview | None = None) -> None:
-        """COPY `batch`: `stream` if given (what `prepare` encoded for it), else encoded now."""
+    def _copy(self, cur: psycopg.Cursor, batch: Batch) -> None:
         statement = self._sql_copy_staging if self._dedup_key else self._sql_copy_table
         with cur.copy(statement) as copy:
-            if stream is not None and self._copy_method == "bulk":
-                copy.write(stream)
-            elif self._copy_method == "bulk":
+            if self._copy_method == "bulk":
                 write_copy_bulk(copy, batch, instance=self._instance, record_type=self._record_type)
             else:
                 write_copy_rows(copy, batch, instance=self._instance, record_type=self._record_type)

@@ -319,7 +319,6 @@ def test_json_column_stores_the_text_as_sent_and_refuses_nothing_jsonb_would(pos
     sink = PostgresCopySink(pg.url, table=table, instance="test", record_type="json")
     calls: list[Refused] = []
     try:
-        sink.prepare(batch)
         sink.deliver(batch, dead_letter=lambda b, refused: calls.append(refused))
     finally:
         sink.close()

@@ -358,22 +358,6 @@ def test_a_record_column_of_the_other_type_is_the_wrong_shape(postgres_server, p
         assert fetch(postgres_server, table) == expected_rows(batch)
 
 
-def test_prepared_batches_land_once_even_when_partly_committed_before(postgres_server, postgres_table, sinks):
-    """`prepare` encodes ahead; `deliver` uses that stream only when no record of the batch was
-    committed before (a replay that overlaps what is stored must be filtered, not resent)."""
-    sink = sinks(postgres_server.url, table=postgres_table)
-    payloads = make_payloads(300, seed=4)
-    whole = Batch.from_payloads(payloads)
-    first = whole.slice(0, 100)
-    sink.prepare(first)
-    sink.deliver(first, dead_letter=lambda b, r: pytest.fail("nothing refused"))
-    sink.prepare(whole)  # overlaps the 100 stored
-    sink.deliver(whole, dead_letter=lambda b, r: pytest.fail("nothing refused"))
-    assert fetch(postgres_server, postgres_table) == expected_rows(whole)
-    assert committed(postgres_server, postgres_table) == whole.last_position
-    assert sink._prepared == {}  # delivered: nothing kept
-
-
 def test_existing_table_of_the_wrong_shape_is_retryable(postgres_server, postgres_table, sinks):
     with postgres_server.connect() as conn:
         conn.execute(
