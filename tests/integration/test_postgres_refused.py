@@ -256,7 +256,8 @@ def test_sigkill_between_the_dead_letter_write_and_the_commit(make_gateway, post
     same dead-letter object rewritten, no other, and every good record stored once."""
     pg, table = postgres_server, postgres_table
     dlq = tmp_path / "dlq"
-    gw = make_gateway(SINK=pg.url, PG_TABLE=table, DLQ=f"file://{dlq}")
+    # one flusher, ring 0's: the one this test holds and kills
+    gw = make_gateway(SINK=pg.url, PG_TABLE=table, DLQ=f"file://{dlq}", FLUSHERS="1")
     resp = gw.post(b'[{"id":"warm"}]', path="/v1/ingest?ack=commit")  # the offsets row exists
     assert resp.status == 200, resp.body
     payloads, refused_ids, good_ids = mixed(50, 50)
