@@ -133,6 +133,23 @@ def test_screen_says_what_the_server_says(postgres_server, text):
     assert [state for state, _ in reasons] == ([server] if routed else [])
 
 
+def test_screen_leaves_hex_strings_alone_but_finds_every_number(monkeypatch):
+    """Ids in hex (UUIDs, trace ids) hold "e" and 4 digits in a quarter of records: not numbers,
+    so not sent to the exact check; a number past numeric's range is found wherever JSON allows
+    it (after `:`, `,`, `[` and whitespace, signed, with a fraction)."""
+    import ringgate.sinks.postgres as pg_sink
+
+    checked = []
+    exact = pg_sink.jsonb_refusal
+    monkeypatch.setattr(pg_sink, "jsonb_refusal", lambda payload: checked.append(bytes(payload)) or exact(payload))
+    hex_ids = [b'{"id":"%s","trace":"a1e2345f","n":3e4}' % f"{i:08d}-5e1234ab-9e99999".encode() for i in range(200)]
+    numbers = [b'{"a": 1e999999}', b'{"a":[1,\n-2.5E+999999]}', b'{"a":\t0.1e-999999}', b'{"b":[7e00009]}']
+    batch = Batch.from_payloads(hex_ids + numbers)
+    indices, _ = screen(batch)
+    assert indices.tolist() == [200, 201, 202]  # 7e00009 = 7e9 is in range
+    assert checked == numbers
+
+
 # -- the sink: one callback with every refused record, one transaction ----------------------------
 
 
