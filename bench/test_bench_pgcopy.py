@@ -19,6 +19,7 @@ import random
 import statistics
 import time
 
+import numpy as np
 import pytest
 
 from ringgate.sinks.base import Batch
@@ -257,3 +258,71 @@ def test_instance_column_cost(postgres_server, base_batch, capsys):  # noqa: F81
     }
     with capsys.disabled():
         print("\n\nthe instance column, interleaved A/B, one connection per side:", json.dumps(report))
+
+
+DRAIN_BATCHES = 30
+
+
+def test_flusher_drain(postgres_server, capsys):  # noqa: F811
+    """A flusher draining a ring of 300,000 pre-filled records (30 batches) into PostgreSQL, into
+    a jsonb and a json record column (RINGGATE_PG_RECORD_TYPE), interleaved round by round, one
+    connection: rows/s, the flusher's CPU and the backend's per row, and json / jsonb paired by
+    round (the drift of a shared machine cancels)."""
+    import os
+
+    from ringgate.config import Settings
+    from ringgate.flusher import Flusher
+    from ringgate.ring import Ring, segment_name
+
+    payloads = _payloads(RECORDS * DRAIN_BATCHES)
+    requests = [(b"".join(payloads[i:i + 100]), np.array([len(p) for p in payloads[i:i + 100]], dtype=np.int64))
+                for i in range(0, len(payloads), 100)]
+    instance = f"bench-drain-{os.getpid()}"
+    types = ("jsonb", "json")
+    wall: dict[str, list[float]] = {t: [] for t in types}
+    client: dict[str, list[float]] = {t: [] for t in types}
+    server: dict[str, list[float]] = {t: [] for t in types}
+    rounds = 8
+    for i in range(rounds + 1):
+        for typ in types if i % 2 else types[::-1]:
+            settings = Settings(instance=instance, sink=postgres_server.url, pg_table=f"bench_drain_{typ}",
+                                pg_record_type=typ, dlq="memory://")
+            ring = Ring.create(segment_name(instance, 0), 64 << 20)
+            sink = PostgresCopySink(postgres_server.url, table=settings.pg_table, instance=instance, record_type=typ)
+            try:
+                for blob, lengths in requests:
+                    assert ring.claim_commit(blob, lengths, time.time_ns())[0] == 0
+                ring.draining = True
+                sink.deliver(Batch.from_payloads([b"{}"], instance=instance, ring=1))  # connected, table made
+                backend = sink._conn.info.backend_pid
+                t0, c0, s0 = time.perf_counter(), time.process_time(), _backend_cpu_s(backend)
+                Flusher(settings, 0, ring, sink, None).run()
+                elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
+                backend_cpu = _backend_cpu_s(backend) - s0
+            finally:
+                sink.close()
+                ring.close()
+                ring.unlink()
+            if i:  # the first round warms up
+                wall[typ].append(elapsed)
+                client[typ].append(cpu)
+                server[typ].append(backend_cpu)
+    n = len(payloads)
+    report: dict = {
+        typ: {
+            "rows_per_s": round(n / statistics.median(wall[typ])),
+            "flusher_cpu_us_per_row": round(statistics.median(client[typ]) / n * 1e6, 3),
+            "backend_cpu_us_per_row": round(statistics.median(server[typ]) / n * 1e6, 3),
+        }
+        for typ in types
+    }
+    report["json_over_jsonb"] = round(statistics.median(
+        [b / j for b, j in zip(wall["jsonb"], wall["json"], strict=True)]), 3)
+    with capsys.disabled():
+        print(f"\n\nflusher draining {n:,} records, interleaved rounds:")
+        for typ in types:
+            r = report[typ]
+            print(f"  record {typ:<6}{r['rows_per_s']:>10,} rows/s  flusher {r['flusher_cpu_us_per_row']:.2f} µs/row"
+                  f"  backend {r['backend_cpu_us_per_row']:.2f} µs/row")
+        print(f"  json / jsonb {report['json_over_jsonb']:.2f}x (median of the rounds' ratios)")
+        print(json.dumps(report))

@@ -41,6 +41,10 @@ class SinkKind:
     form: str
     #: None if `url` (of one of `schemes`) is usable, else the rule it breaks
     check: Callable[[str], str | None]
+    #: RINGGATE_FLUSHERS by default: min(cores, this). A sink whose server does the work per
+    #: connection (PostgreSQL parses every row in the backend of the COPY's connection) gains
+    #: from one flusher, ring and connection per core; a local or object store does not
+    max_default_flushers: int = 1
 
 
 def _check_file(url: str) -> str | None:
@@ -114,7 +118,8 @@ KINDS: tuple[SinkKind, ...] = (
     SinkKind("az", ("az", "azure", "abfs", "abfss", "adl"), True, "az://container/prefix",
              _bucket_rule("container", at_allowed=True)),
     SinkKind("memory", ("memory",), True, "memory://", lambda url: None),
-    SinkKind("postgresql", ("postgresql", "postgres"), False, "postgresql://user@host:port/db", _check_postgresql),
+    SinkKind("postgresql", ("postgresql", "postgres"), False, "postgresql://user@host:port/db", _check_postgresql,
+             max_default_flushers=4),
     SinkKind("stdout", ("stdout",), False, "stdout:", lambda url: None),
 )
 _BY_SCHEME = {scheme: kind for kind in KINDS for scheme in kind.schemes}
@@ -223,6 +228,7 @@ def make_sink(settings: Settings) -> Sink:
             instance=settings.instance,
             dedup_key=settings.pg_dedup_key,
             partition=settings.pg_partition,
+            record_type=settings.pg_record_type,
         )
     if label == "stdout":
         from .stdout import StdoutSink

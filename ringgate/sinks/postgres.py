@@ -16,9 +16,11 @@ arrays, 2048 records at a time (no Python per record). Per row, before the JSON 
     int32 8,  int64 seq                       the record's ring position
     int32 8,  int64 received_at               µs since 2000-01-01 UTC (timestamptz's binary form)
     int32 L+1, uint8 1                        jsonb: version byte, then L bytes of JSON text
+                                              (json, `record_type="json"`: int32 L, the text alone)
 
 all big-endian: a fixed prefix of 53 + N bytes (`row_prefix(N)`), then the payload. (Without an
-instance, `encode_copy_binary(batch)` writes the five other columns: a 49-byte prefix.) The
+instance, `encode_copy_binary(batch)` writes the five other columns: a 49-byte prefix; json's
+prefixes are a byte shorter.) The
 instance costs 4 + N bytes per row on the wire and one more text column for the server to parse:
 bench/RESULTS.md, "More than one gateway", measured it. The stream opens with
 the 19-byte signature and ends with int16 -1. psycopg's per-row `write_row` produces the same
@@ -56,6 +58,10 @@ logger = logging.getLogger(__name__)
 COLUMNS = ("instance", "ring", "epoch", "seq", "received_at", "record")
 COLUMN_TYPES = ("text", "smallint", "bigint", "bigint", "timestamp with time zone", "jsonb")
 COPY_TYPES = ("text", "int2", "int8", "int8", "timestamptz", "jsonb")  # for `Copy.set_types`
+#: the record column: jsonb (the default: parsed into the server's binary form, queryable and
+#: indexable) or json (the text as sent, syntax-checked: about twice as fast to load, parsed
+#: again by every query that looks inside). Same name in SQL and in `Copy.set_types`.
+RECORD_TYPES = ("jsonb", "json")
 
 # signature, int32 flags (0: no OIDs), int32 header extension length (0)
 COPY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + bytes(4) + bytes(4)
@@ -78,13 +84,17 @@ ROW_PREFIX = np.dtype(
 
 
 @functools.lru_cache(maxsize=8)
-def row_prefix(instance_bytes: int) -> np.dtype:
+def row_prefix(instance_bytes: int, record_type: str = "jsonb") -> np.dtype:
     """The packed fixed part of a row: `ROW_PREFIX` after an instance of `instance_bytes` bytes
-    (0: no instance column)."""
-    if instance_bytes == 0:
+    (0: no instance column); for a json record, without jsonb's version byte."""
+    if instance_bytes == 0 and record_type == "jsonb":
         return ROW_PREFIX
     fields = [(name, ROW_PREFIX.fields[name][0]) for name in ROW_PREFIX.names]
-    return np.dtype(fields[:1] + [("instance_length", ">i4"), ("instance", f"S{instance_bytes}")] + fields[1:])
+    if record_type == "json":
+        fields = fields[:-1]
+    if instance_bytes:
+        fields = fields[:1] + [("instance_length", ">i4"), ("instance", f"S{instance_bytes}")] + fields[1:]
+    return np.dtype(fields)
 
 
 PG_EPOCH_UNIX_US = 946_684_800_000_000  # 2000-01-01T00:00:00Z in µs since the Unix epoch
@@ -126,10 +136,10 @@ _CONTENT_CLASSES = ("22", "23", "54")
 # ---------------------------------------------------------------------------------- encoding
 
 
-def encode_copy_binary(batch: Batch, instance: str | None = None) -> memoryview:
+def encode_copy_binary(batch: Batch, instance: str | None = None, record_type: str = "jsonb") -> memoryview:
     """The complete PGCOPY binary stream for `batch`, ready for `Copy.write`: columns as `COLUMNS`
-    with `instance`, without it the five others (`COLUMNS[1:]`)."""
-    return _encode(batch, COPY_SIGNATURE, COPY_TRAILER, _instance_bytes(instance))
+    with `instance`, without it the five others (`COLUMNS[1:]`); the record as `record_type`."""
+    return _encode(batch, COPY_SIGNATURE, COPY_TRAILER, _instance_bytes(instance), record_type)
 
 
 def _instance_bytes(instance: str | None) -> bytes:
@@ -141,7 +151,8 @@ def _instance_bytes(instance: str | None) -> bytes:
 
 
 def write_copy_bulk(
-    copy: psycopg.Copy, batch: Batch, chunk_rows: int = COPY_CHUNK_ROWS, instance: str | None = None
+    copy: psycopg.Copy, batch: Batch, chunk_rows: int = COPY_CHUNK_ROWS, instance: str | None = None,
+    record_type: str = "jsonb",
 ) -> None:
     """Send `batch` as one binary COPY stream, encoded in bulk `chunk_rows` records at a time
     (columns as `encode_copy_binary`'s).
@@ -155,10 +166,11 @@ def write_copy_bulk(
     for lo in range(0, max(n, 1), chunk_rows):
         hi = min(lo + chunk_rows, n)
         part = batch.slice(lo, hi) if n else batch
-        copy.write(_encode(part, COPY_SIGNATURE if lo == 0 else b"", COPY_TRAILER if hi == n else b"", name))
+        copy.write(_encode(part, COPY_SIGNATURE if lo == 0 else b"", COPY_TRAILER if hi == n else b"", name,
+                           record_type))
 
 
-def _encode(batch: Batch, head: bytes, tail: bytes, instance: bytes = b"") -> memoryview:
+def _encode(batch: Batch, head: bytes, tail: bytes, instance: bytes = b"", record_type: str = "jsonb") -> memoryview:
     """`head`, the rows of `batch` in PGCOPY binary, `tail`: one buffer, built in bulk; each row
     starting with `instance` as a text column unless it is empty.
 
@@ -184,7 +196,8 @@ def _encode(batch: Batch, head: bytes, tail: bytes, instance: bytes = b"") -> me
     if (runs_in < 0).any():
         raise ValueError(f"batch {batch.name}: payloads overlap, are out of order or lie outside its data")
 
-    dtype = row_prefix(len(instance))
+    jsonb = record_type == "jsonb"
+    dtype = row_prefix(len(instance), record_type)
     prefix = np.empty(n, dtype=dtype)
     prefix["field_count"] = len(COLUMNS) if instance else len(COLUMNS) - 1
     if instance:
@@ -199,8 +212,11 @@ def _encode(batch: Batch, head: bytes, tail: bytes, instance: bytes = b"") -> me
     prefix["received_at_length"] = 8
     # floor division: the µs a timestamp falls in, before 1970 and 2000 too
     prefix["received_at"] = np.asarray(batch.received_ns, dtype=np.int64) // 1000 - PG_EPOCH_UNIX_US
-    prefix["record_length"] = lengths + 1
-    prefix["jsonb_version"] = 1
+    if jsonb:
+        prefix["record_length"] = lengths + 1
+        prefix["jsonb_version"] = 1
+    else:
+        prefix["record_length"] = lengths
 
     rows_length = n * dtype.itemsize + int(lengths.sum())
     out = np.empty(len(head) + rows_length + len(tail), dtype=np.uint8)
@@ -228,11 +244,12 @@ def _raw_json(obj):
     return obj
 
 
-def write_copy_rows(copy: psycopg.Copy, batch: Batch, instance: str | None = None) -> None:
+def write_copy_rows(copy: psycopg.Copy, batch: Batch, instance: str | None = None, record_type: str = "jsonb") -> None:
     """The psycopg way, one `write_row` per record: the reference `write_copy_bulk` is tested and
     benchmarked against (the same bytes on the wire)."""
     set_json_dumps(_raw_json, context=copy.cursor)
-    copy.set_types(list(COPY_TYPES if instance is not None else COPY_TYPES[1:]))
+    types = [*COPY_TYPES[:-1], record_type]
+    copy.set_types(types if instance is not None else types[1:])
     ring, epoch, data = int(batch.ring), int(batch.epoch), batch.data
     first = () if instance is None else (instance,)
     for seq, ns, start, length in zip(
@@ -289,6 +306,8 @@ NUMERIC_DSCALE_MAX = 0x3FFF
 _SUSPECT_ESCAPE = re.compile(rb"\\u0000")
 _FOLD_EXPONENT = bytes.maketrans(b"0123456789E+", b"0000000000e-")
 _SUSPECT_EXPONENT = re.compile(rb"e-?0000")  # [eE][+-]?[0-9]{4}, in folded bytes
+_MANTISSA = frozenset(b"0.-")  # what a number's digits, point and sign fold to
+_BEFORE_A_VALUE = frozenset(b":,[ \t\r\n")  # what precedes a number inside an object
 _DIGIT_BLOCK = 4096
 _NUMBER = re.compile(r"-?([0-9]+)(?:\.([0-9]+))?(?:[eE]([+-]?)([0-9]+))?")
 _REFUSED_IN_TEXT = re.compile("[\x00\ud800-\udfff]")  # NUL, or a surrogate json left unpaired
@@ -303,16 +322,19 @@ def screen(batch: Batch) -> tuple[np.ndarray, list[tuple[str, str]]]:
     lengths = np.asarray(batch.lengths, dtype=np.int64)
     suspects: set[int] = set()
 
-    def mark(pattern: re.Pattern, text) -> None:
+    def mark(pattern: re.Pattern, text, where=None) -> None:
         # one search per suspect record, not per match: jump to the end of the record found
         at = 0
         while (found := pattern.search(text, at)) is not None:
+            if where is not None and not where(text, found.start()):
+                at = found.end()
+                continue
             i = int(np.searchsorted(starts, found.start(), side="right")) - 1
             suspects.add(i)
             at = int(starts[i] + lengths[i]) + 1 if i >= 0 else found.end()
 
     mark(_SUSPECT_ESCAPE, data)
-    mark(_SUSPECT_EXPONENT, bytes(data).translate(_FOLD_EXPONENT))
+    mark(_SUSPECT_EXPONENT, bytes(data).translate(_FOLD_EXPONENT), _exponent_of_a_number)
     if batch.count and int(lengths.max()) >= 2 * _DIGIT_BLOCK - 1:
         raw = np.frombuffer(data, dtype=np.uint8)
         blocks = len(raw) // _DIGIT_BLOCK
@@ -326,6 +348,19 @@ def screen(batch: Batch) -> tuple[np.ndarray, list[tuple[str, str]]]:
             indices.append(i)
             reasons.append(reason)
     return np.asarray(indices, dtype=np.int64), reasons
+
+
+def _exponent_of_a_number(folded: bytes, e: int) -> bool:
+    """Whether the `e` at `folded[e]` may be a JSON number's: right after a digit, and its
+    mantissa (digits, point, sign) right after what precedes a value (`:`, `,`, `[`, space).
+    Not a hex string's ("3e4512", "a1e2345": UUIDs, trace ids), which would otherwise send a
+    quarter of such records to the exact check. Sound: a number always passes."""
+    if e == 0 or folded[e - 1] != 0x30:
+        return False
+    i = e - 1
+    while i > 0 and folded[i - 1] in _MANTISSA:
+        i -= 1
+    return i > 0 and folded[i - 1] in _BEFORE_A_VALUE
 
 
 def jsonb_refusal(payload) -> tuple[str, str] | None:
@@ -398,7 +433,9 @@ class PostgresCopySink:
     are always kept. `partition`: "none" or "month" (range on received_at, monthly partitions in
     UTC created on demand, including the month after the newest record).
     `copy_method`: "bulk" (numpy-encoded stream, the default) or "rows" (psycopg's write_row,
-    the reference), for the oracle test and the benchmark.
+    the reference), for the oracle test and the benchmark. `record_type`: the record column's,
+    "jsonb" or "json" (`RECORD_TYPES`); a table whose record column has the other type is
+    refused like any table of the wrong shape.
     """
 
     name = "postgresql"
@@ -413,6 +450,7 @@ class PostgresCopySink:
         partition: str = "none",
         connect_timeout_s: float = 5.0,
         copy_method: str = "bulk",
+        record_type: str = "jsonb",
     ) -> None:
         # folded to lower case, as SQL folds an unquoted identifier
         match = _TABLE_RE.match(table.lower()) if table.isascii() else None
@@ -426,6 +464,8 @@ class PostgresCopySink:
             raise ConfigurationError(
                 f"PostgreSQL partition must be one of {', '.join(PARTITIONS)}: {partition!r}"
             )
+        if record_type not in RECORD_TYPES:
+            raise ConfigurationError(f"PostgreSQL record type must be one of {', '.join(RECORD_TYPES)}: {record_type!r}")
         if copy_method not in ("bulk", "rows"):
             raise ConfigurationError(f"PostgreSQL copy method must be bulk or rows: {copy_method!r}")
         if not instance:
@@ -439,6 +479,8 @@ class PostgresCopySink:
         self._dedup_key = dedup_key
         self._partition = partition
         self._copy_method = copy_method
+        self._record_type = record_type
+        self._column_types = (*COLUMN_TYPES[:-1], record_type)
         self._connect_timeout = max(1, math.ceil(connect_timeout_s))
         self._conn: psycopg.Connection | None = None
         self._months: set[date] = set()  # partitions known to exist
@@ -554,9 +596,17 @@ class PostgresCopySink:
         except psycopg.Error as exc:
             raise self._failure(exc, content=content) from exc
 
-    def _deliver_routing(self, conn: psycopg.Connection, batch: Batch, dead_letter: DeadLetterCallback) -> None:
+    def _screen(self, batch: Batch) -> tuple[np.ndarray, list[str]]:
+        """The records the server will refuse, found before the COPY, with the server's words.
+        json keeps the text as sent (\u0000 escapes, numbers past numeric's range) and the HTTP
+        worker already refused what its syntax check refuses: nothing to predict."""
+        if self._record_type != "jsonb":
+            return np.zeros(0, dtype=np.int64), []
         predicted, reasons = screen(batch)
-        predicted_errors = [self._refusal_text(state, message) for state, message in reasons]
+        return predicted, [self._refusal_text(state, message) for state, message in reasons]
+
+    def _deliver_routing(self, conn: psycopg.Connection, batch: Batch, dead_letter: DeadLetterCallback) -> None:
+        predicted, predicted_errors = self._screen(batch)
         isolating = False  # first without savepoints (the common case costs nothing more)
         while True:
             content = False
@@ -637,9 +687,9 @@ class PostgresCopySink:
         statement = self._sql_copy_staging if self._dedup_key else self._sql_copy_table
         with cur.copy(statement) as copy:
             if self._copy_method == "bulk":
-                write_copy_bulk(copy, batch, instance=self._instance)
+                write_copy_bulk(copy, batch, instance=self._instance, record_type=self._record_type)
             else:
-                write_copy_rows(copy, batch, instance=self._instance)
+                write_copy_rows(copy, batch, instance=self._instance, record_type=self._record_type)
         if self._dedup_key:
             cur.execute(self._sql_dedup_insert, {"key": self._dedup_key})
 
@@ -682,7 +732,7 @@ class PostgresCopySink:
                         sql.Identifier(_STAGING),
                         sql.SQL(", ").join(
                             sql.SQL("{} {}").format(sql.Identifier(c), sql.SQL(t))
-                            for c, t in zip(COLUMNS, COLUMN_TYPES, strict=True)
+                            for c, t in zip(COLUMNS, self._column_types, strict=True)
                         ),
                     )
                 )
@@ -699,9 +749,10 @@ class PostgresCopySink:
         retry, not content to dead-letter)."""
         events = sql.SQL(
             "CREATE TABLE {} (ring smallint NOT NULL, epoch bigint NOT NULL, seq bigint NOT NULL,"
-            " received_at timestamptz NOT NULL, record jsonb NOT NULL, instance text){}"
+            " received_at timestamptz NOT NULL, record {} NOT NULL, instance text){}"
         ).format(
             self._table,
+            sql.SQL(self._record_type),
             sql.SQL(" PARTITION BY RANGE (received_at)" if self._partition == "month" else ""),
         )
         offsets = sql.SQL(
@@ -737,7 +788,7 @@ class PostgresCopySink:
         types = {name: typ for name, typ, _, _ in rows}
         problems = [
             f"{column} is {types.get(column, 'missing')}, not {typ}"
-            for column, typ in zip(COLUMNS, COLUMN_TYPES, strict=True)
+            for column, typ in zip(COLUMNS, self._column_types, strict=True)
             if types.get(column) != typ
         ]
         problems += [

@@ -183,7 +183,8 @@ def test_sigkill_of_the_flusher_mid_copy_loses_nothing_and_doubles_nothing(
     make_gateway, postgres_server, postgres_table
 ):
     pg, table = postgres_server, postgres_table
-    gw = pg_gateway(make_gateway, pg, table, BATCH_RECORDS="200", FLUSH_INTERVAL_MS="20")
+    # one flusher (the default for PostgreSQL is one per core): the one this test kills
+    gw = pg_gateway(make_gateway, pg, table, BATCH_RECORDS="200", FLUSH_INTERVAL_MS="20", FLUSHERS="1")
     killed_during_copy = 0
     old_backends: set[int] = set()
     with Load(gw.port, clients=4, max_requests=3000, max_seconds=30) as load, pg.connect() as conn:
@@ -260,7 +261,8 @@ def test_sigkill_of_the_flusher_after_commit_is_skipped_by_the_offsets(
             f"CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT ON {table} DEFERRABLE INITIALLY DEFERRED"
             f" FOR EACH ROW EXECUTE FUNCTION {table}_slow_commit()"
         )
-    gw = pg_gateway(make_gateway, pg, table, BATCH_RECORDS="400", FLUSH_INTERVAL_MS="20")
+    # one flusher, ring 0's: the one this test kills and whose in-flight range it reads
+    gw = pg_gateway(make_gateway, pg, table, BATCH_RECORDS="400", FLUSH_INTERVAL_MS="20", FLUSHERS="1")
     committed_before_replay = []  # in-flight ranges whose rows the killed flusher had committed
     try:
         with Load(gw.port, clients=3, max_requests=3000, max_seconds=30) as load, pg.connect() as conn:
@@ -445,6 +447,31 @@ def test_poisoned_records_alone_are_dead_lettered(make_gateway, postgres_server,
             "status": "dead_lettered" if tag.startswith("poison") else "committed",
         }
     assert gw.get("/readyz").status == 200
+    assert gw.stop() == 0
+
+
+def test_json_record_column_stores_what_jsonb_would_dead_letter(make_gateway, postgres_server, postgres_table,
+                                                               tmp_path):
+    """RINGGATE_PG_RECORD_TYPE=json: the table is made with a json record column, and records
+    jsonb refuses (\u0000, a number past numeric's range) are stored as sent, none dead-lettered."""
+    pg, table = postgres_server, postgres_table
+    dlq = tmp_path / "dlq"
+    gw = pg_gateway(make_gateway, pg, table, DLQ=f"file://{dlq}", PG_RECORD_TYPE="json")
+    records = [
+        b'{"id":"nul","v":"a\\u0000b"}',
+        b'{"id":"huge","v":1e999999}',
+        b'{"id":"plain","v":"h\xc3\xa9llo","n":[1,2.5,null]}',
+    ]
+    assert b"\\u0000" in records[0] and b"\x00" not in records[0]
+    resp = gw.post(b"[" + b",".join(records) + b"]", path="/v1/ingest?ack=commit")
+    assert resp.status == 200 and resp.json()["status"] == "committed", resp.body
+    stored = query(pg, f"SELECT record::text FROM {table} ORDER BY seq")
+    assert stored == [(r.decode(),) for r in records]
+    (typ,) = query(pg, "SELECT format_type(atttypid, atttypmod) FROM pg_attribute"
+                       f" WHERE attrelid = '{table}'::regclass AND attname = 'record'")[0]
+    assert typ == "json"
+    assert not dlq.exists() or file_sink_records(dlq) == []
+    assert metric(gw, "ringgate_records_dead_lettered_total") == 0
     assert gw.stop() == 0
 
 

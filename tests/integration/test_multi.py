@@ -262,8 +262,9 @@ def test_one_gateways_sink_down_moves_the_load_to_the_other(
     tmp_path, make_gateway, postgres_server, postgres_table, tcp_proxy
 ):
     proxy = tcp_proxy("127.0.0.1", postgres_server.port)
+    # one ring each (PostgreSQL's default is one per core): a's 256 KiB fills within the load below
     base = {"RINGGATE_PG_TABLE": postgres_table, "RINGGATE_PG_DEDUP_KEY": "event_id",
-            "RINGGATE_RING_BYTES": str(256 << 10)}
+            "RINGGATE_RING_BYTES": str(256 << 10), "RINGGATE_FLUSHERS": "1"}
     a = make_gateway(RINGGATE_SINK=postgres_server.url.replace(f":{postgres_server.port}/", f":{proxy.port}/"), **base)
     b = make_gateway(RINGGATE_SINK=postgres_server.url, **base)
     proc, port = nginx_with_log(tmp_path, [a, b])

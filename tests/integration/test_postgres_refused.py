@@ -133,6 +133,23 @@ def test_screen_says_what_the_server_says(postgres_server, text):
     assert [state for state, _ in reasons] == ([server] if routed else [])
 
 
+def test_screen_leaves_hex_strings_alone_but_finds_every_number(monkeypatch):
+    """Ids in hex (UUIDs, trace ids) hold "e" and 4 digits in a quarter of records: not numbers,
+    so not sent to the exact check; a number past numeric's range is found wherever JSON allows
+    it (after `:`, `,`, `[` and whitespace, signed, with a fraction)."""
+    import ringgate.sinks.postgres as pg_sink
+
+    checked = []
+    exact = pg_sink.jsonb_refusal
+    monkeypatch.setattr(pg_sink, "jsonb_refusal", lambda payload: checked.append(bytes(payload)) or exact(payload))
+    hex_ids = [b'{"id":"%s","trace":"a1e2345f","n":3e4}' % f"{i:08d}-5e1234ab-9e99999".encode() for i in range(200)]
+    numbers = [b'{"a": 1e999999}', b'{"a":[1,\n-2.5E+999999]}', b'{"a":\t0.1e-999999}', b'{"b":[7e00009]}']
+    batch = Batch.from_payloads(hex_ids + numbers)
+    indices, _ = screen(batch)
+    assert indices.tolist() == [200, 201, 202]  # 7e00009 = 7e9 is in range
+    assert checked == numbers
+
+
 # -- the sink: one callback with every refused record, one transaction ----------------------------
 
 
@@ -256,7 +273,8 @@ def test_sigkill_between_the_dead_letter_write_and_the_commit(make_gateway, post
     same dead-letter object rewritten, no other, and every good record stored once."""
     pg, table = postgres_server, postgres_table
     dlq = tmp_path / "dlq"
-    gw = make_gateway(SINK=pg.url, PG_TABLE=table, DLQ=f"file://{dlq}")
+    # one flusher, ring 0's: the one this test holds and kills
+    gw = make_gateway(SINK=pg.url, PG_TABLE=table, DLQ=f"file://{dlq}", FLUSHERS="1")
     resp = gw.post(b'[{"id":"warm"}]', path="/v1/ingest?ack=commit")  # the offsets row exists
     assert resp.status == 200, resp.body
     payloads, refused_ids, good_ids = mixed(50, 50)
@@ -288,3 +306,50 @@ def test_sigkill_between_the_dead_letter_write_and_the_commit(make_gateway, post
     assert_exactly_once(good_ids, stored)
     assert len(stored) == len(good_ids)
     assert gw.stop() == 0
+
+
+# -- a json record column: what it refuses -------------------------------------------------------
+
+#: what json refuses of the texts above: nothing. It checks the syntax and keeps the text:
+#: \u0000, numbers past numeric's range, even a surrogate escape not in a pair (which the HTTP
+#: worker refuses before anything reaches a ring)
+JSON_REFUSED: list[str] = []
+
+
+@pytest.mark.parametrize("text", ACCEPTED + REFUSED, ids=lambda t: t[:24] + (f"..{len(t)}" if len(t) > 24 else ""))
+def test_json_takes_every_text_jsonb_refuses(postgres_server, text):
+    with postgres_server.connect() as conn:
+        try:
+            conn.execute("SELECT %s::text::json IS NOT NULL", (text,))
+            server = None
+        except Exception as exc:  # noqa: BLE001 - the server's verdict, whatever its class
+            server = exc.sqlstate
+    assert (server is not None) == (text in JSON_REFUSED), f"the server answered {server}: fix JSON_REFUSED"
+
+
+def test_json_column_stores_the_text_as_sent_and_refuses_nothing_jsonb_would(postgres_server, postgres_table):
+    """A json sink: records jsonb refuses (\\u0000, numbers past numeric's range) are stored, byte
+    for byte; nothing is predicted refused, nothing dead-lettered; the table is made json."""
+    pg, table = postgres_server, postgres_table
+    texts = [t for t in ACCEPTED + REFUSED if t not in JSON_REFUSED]
+    payloads = [f'{{"i":{i},"v":{t}}}'.encode() for i, t in enumerate(texts)]
+    batch = Batch.from_payloads(payloads, first_position=64)
+    sink = PostgresCopySink(pg.url, table=table, instance="test", record_type="json")
+    calls: list[Refused] = []
+    try:
+        sink.deliver(batch, dead_letter=lambda b, refused: calls.append(refused))
+    finally:
+        sink.close()
+    assert calls == []
+    rows = query(pg, f"SELECT seq, record::text FROM {table} ORDER BY seq")
+    assert rows == [(int(p), t.decode()) for p, t in zip(batch.positions, payloads, strict=True)]
+    assert query(pg, f"SELECT format_type(atttypid, atttypmod) FROM pg_attribute"
+                     f" WHERE attrelid = '{table}'::regclass AND attname = 'record'") == [("json",)]
+    # the same records into jsonb: the ones jsonb refuses go to the dead letters
+    sink = PostgresCopySink(pg.url, table=table + "_b", instance="test")
+    try:
+        sink.deliver(batch, dead_letter=lambda b, refused: calls.append(refused))
+    finally:
+        sink.close()
+    # (but an unpaired surrogate, which `screen` leaves to the server and the worker refuses)
+    assert len(calls) == 1 and len(calls[0].indices) == len(REFUSED)

@@ -346,6 +346,18 @@ def test_table_dropped_under_the_sink_is_retryable_then_recreated(postgres_serve
     assert count(postgres_server, postgres_table) == 5
 
 
+def test_a_record_column_of_the_other_type_is_the_wrong_shape(postgres_server, postgres_table, sinks):
+    """Each record type takes its own table and refuses the other's, as any table of the wrong
+    shape: retryable, named in the message; the table made for one is made of that type."""
+    batch = Batch.from_payloads(make_payloads(5))
+    sinks(postgres_server.url, table=postgres_table + "_j", record_type="json").deliver(batch)
+    sinks(postgres_server.url, table=postgres_table + "_b", record_type="jsonb").deliver(batch)
+    for table, other, is_ in ((postgres_table + "_j", "jsonb", "json"), (postgres_table + "_b", "json", "jsonb")):
+        with pytest.raises(RetryableSinkError, match=f"cannot take ringgate's rows: record is {is_}, not {other}$"):
+            sinks(postgres_server.url, table=table, record_type=other).deliver(batch)
+        assert fetch(postgres_server, table) == expected_rows(batch)
+
+
 def test_existing_table_of_the_wrong_shape_is_retryable(postgres_server, postgres_table, sinks):
     with postgres_server.connect() as conn:
         conn.execute(
@@ -550,11 +562,12 @@ def captured_copy(conn, table: str, fill, columns: str = "instance, ring, epoch,
     return bytes(writer.sent)
 
 
+@pytest.mark.parametrize("record_type", ["jsonb", "json"])
 @pytest.mark.parametrize("instance", ["gw-ü.1", None], ids=["instance", "no-instance"])
 @pytest.mark.parametrize("chunk_rows", [COPY_CHUNK_ROWS, 7])
 @pytest.mark.parametrize("subset", ["all", "every-third"])
 def test_bulk_encoder_sends_exactly_what_write_row_sends(postgres_server, postgres_table, subset, chunk_rows,
-                                                          instance):
+                                                          instance, record_type):
     payloads = make_payloads(3000, seed=11) + [b"{}", b'{"k":"' + "ü".encode() * 3000 + b'"}']
     batch = Batch.from_payloads(payloads, ring=32767, epoch=2**62 + 5, first_position=2**40)
     rnd = np.random.default_rng(3)
@@ -569,23 +582,26 @@ def test_bulk_encoder_sends_exactly_what_write_row_sends(postgres_server, postgr
         for suffix in ("_rows", "_bulk"):
             conn.execute(
                 f"CREATE TABLE {postgres_table}{suffix} (ring smallint, epoch bigint, seq bigint,"
-                " received_at timestamptz, record jsonb, instance text)"
+                f" received_at timestamptz, record {record_type}, instance text)"
             )
         columns = "ring, epoch, seq, received_at, record" if instance is None else "instance, ring, epoch, seq, received_at, record"
         by_rows = captured_copy(
-            conn, postgres_table + "_rows", lambda copy: write_copy_rows(copy, batch, instance=instance), columns
+            conn, postgres_table + "_rows",
+            lambda copy: write_copy_rows(copy, batch, instance=instance, record_type=record_type), columns,
         )
         by_bulk = captured_copy(
             conn, postgres_table + "_bulk",
-            lambda copy: write_copy_bulk(copy, batch, chunk_rows=chunk_rows, instance=instance), columns,
+            lambda copy: write_copy_bulk(copy, batch, chunk_rows=chunk_rows, instance=instance,
+                                         record_type=record_type), columns,
         )
         assert by_bulk == by_rows
-        assert bytes(encode_copy_binary(batch, instance)) == by_rows
+        assert bytes(encode_copy_binary(batch, instance, record_type)) == by_rows
         stored = conn.execute(f"SELECT DISTINCT instance FROM {postgres_table}_bulk").fetchall()
         assert stored == [(instance,)]
+        rows, bulk = (f"(SELECT ring, epoch, seq, received_at, record::text, instance FROM {postgres_table}{s})"
+                      for s in ("_rows", "_bulk"))  # json has no equality operator: compare the text
         differ = conn.execute(
-            f"SELECT count(*) FROM ((TABLE {postgres_table}_rows EXCEPT ALL TABLE {postgres_table}_bulk)"
-            f" UNION ALL (TABLE {postgres_table}_bulk EXCEPT ALL TABLE {postgres_table}_rows)) d"
+            f"SELECT count(*) FROM (({rows} EXCEPT ALL {bulk}) UNION ALL ({bulk} EXCEPT ALL {rows})) d"
         ).fetchone()[0]
         assert differ == 0
         assert conn.execute(f"SELECT count(*) FROM {postgres_table}_bulk").fetchone()[0] == batch.count

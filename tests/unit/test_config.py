@@ -115,3 +115,23 @@ def test_default_instance_stays_the_old_default_while_its_rings_are_here(monkeyp
     finally:
         os.unlink(left)
     assert Settings.from_environ({"RINGGATE_PORT": str(port)}).instance == f"somehost-{port}"
+
+
+def test_flushers_default_from_the_sink_and_the_cores(monkeypatch):
+    """PostgreSQL parses rows in the backend of each COPY's connection: one flusher (ring,
+    connection) per core, at most 4; a file or object store: one. An explicit value wins."""
+    for n, want in ((1, 1), (2, 2), (3, 3), (8, 4)):
+        monkeypatch.setattr(os, "sched_getaffinity", lambda _pid, n=n: set(range(n)))
+        pg = Settings.from_environ({"RINGGATE_SINK": "postgresql://u@127.0.0.1:5432/db"})
+        assert (pg.flushers, pg.workers) == (want, n)
+        assert Settings.from_environ({"RINGGATE_SINK": "postgres://u@h/db"}).flushers == want
+        assert Settings.from_environ({}).flushers == 1
+        assert Settings.from_environ({"RINGGATE_SINK": "s3://b/p"}).flushers == 1
+    assert Settings.from_environ({"RINGGATE_SINK": "postgresql://u@h/db", "RINGGATE_FLUSHERS": "1"}).flushers == 1
+
+
+def test_pg_record_type_is_jsonb_unless_json_is_asked_for():
+    assert Settings.from_environ({}).pg_record_type == "jsonb"
+    assert Settings.from_environ({"RINGGATE_PG_RECORD_TYPE": "JSON"}).pg_record_type == "json"
+    with pytest.raises(ConfigurationError, match="RINGGATE_PG_RECORD_TYPE must be one of jsonb, json: 'text'"):
+        Settings.from_environ({"RINGGATE_PG_RECORD_TYPE": "text"})
