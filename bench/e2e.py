@@ -332,7 +332,7 @@ class Server:
     workers: int
     sink: str  # "none" | "file" | "s3" | a postgresql:// URL
     workdir: str
-    flushers: int = 1
+    flushers: int = 0  # ringgate: 0 leaves RINGGATE_FLUSHERS unset (its default); the count found once started
     s3: S3 | None = None  # the moto server when sink == "s3"
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen | None = None
@@ -364,7 +364,6 @@ class Server:
                 "RINGGATE_HOST": "127.0.0.1",
                 "RINGGATE_PORT": str(self.port),
                 "RINGGATE_WORKERS": str(self.workers),
-                "RINGGATE_FLUSHERS": str(self.flushers),
                 "RINGGATE_INSTANCE": f"bench-e2e-{self.port}",
                 "RINGGATE_SINK": (self.sink if pg else f"s3://{bucket}/bench" if self.sink == "s3"
                                   else f"file://{data}/sink"),
@@ -373,6 +372,10 @@ class Server:
                 "RINGGATE_LOG_LEVEL": "warning",
                 "RINGGATE_DRAIN_TIMEOUT_S": "120",
             })
+            if self.flushers:
+                env["RINGGATE_FLUSHERS"] = str(self.flushers)
+            else:
+                env.pop("RINGGATE_FLUSHERS", None)
             cmd = [sys.executable, "-m", "ringgate", "serve"]
         elif self.kind == "baseline":
             env.update({"BENCH_SINK": self.sink if pg else f"file://{data}/sink", "BENCH_PG_TABLE": self.table})
@@ -400,6 +403,8 @@ class Server:
             with contextlib.suppress(OSError):
                 if self.kind != "ringgate" or get(self.port, "/readyz") == 200:
                     if post(self.port, probe) == 202:
+                        if self.kind == "ringgate" and not self.flushers:  # its default: how many it started
+                            self.flushers = sum(map(is_flusher, self.pids()))
                         return
             time.sleep(0.2)
         self.kill()
@@ -1347,7 +1352,8 @@ def main(argv: list[str] | None = None) -> int:
                              "server; no FastAPI baseline); repeatable (default: file and postgresql)")
     parser.add_argument("--servers", default="ceiling,ringgate,baseline")
     parser.add_argument("--workers", type=_ints, default=[2], help="worker processes to try, e.g. 1,2 (2)")
-    parser.add_argument("--flushers", type=_ints, default=[1], help="ringgate flushers to try: 1,2")
+    parser.add_argument("--flushers", type=_ints, default=[0],
+                        help="ringgate flushers to try, e.g. 1,2 (0: RINGGATE_FLUSHERS unset, ringgate's default)")
     parser.add_argument("--records", type=_ints, default=[100], help="records per request, e.g. 100,1 (100)")
     parser.add_argument("--concurrency", type=_ints, default=[64], help="wrk connections, e.g. 16,64 (64)")
     parser.add_argument("--duration", type=float, default=None, help="seconds per load point (10; --protocols: 8)")
