@@ -172,6 +172,14 @@ def cpu_seconds(pids: list[int], reaped: bool = False) -> float:
     return ticks / CLK_TCK
 
 
+def machine_ticks() -> tuple[int, int]:
+    """(busy, total) clock ticks of every CPU since boot (/proc/stat): the machine's CPU use."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    idle = fields[3] + fields[4]  # idle, iowait
+    return sum(fields) - idle, sum(fields)
+
+
 def is_flusher(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
@@ -505,6 +513,7 @@ class Point:
     cpu_us_per_429: float | None = None
     pace_ms: float = 0.0  # > 0: a paced point (half_rate), each request waiting this long after the last answer
     offered_fraction: float | None = None  # a paced point's 2xx rate ÷ the saturating rate it aims at half of
+    machine_busy: float | None = None  # fraction of the machine's CPU time busy in the window (every process)
 
 
 def wait_committed(server: Server, target: int, timeout: float) -> tuple[int, float | None]:
@@ -528,10 +537,13 @@ def measure(point: Point, server: Server, pg: Postgres | S3 | None, body_file: s
     flushers = [pid for pid in pids if is_flusher(pid)]
     cpu0, fl0 = cpu_seconds(pids), cpu_seconds(flushers)
     pg0 = pg.cpu_seconds() if pg else 0.0
+    busy0, total0 = machine_ticks()
     t0 = time.monotonic()
     out = run_wrk(server.port, body_file, point.concurrency, args.duration, args.wrk_threads, point.retry_after_ms,
                   pace_ms=point.pace_ms, **wrk)
     t1 = time.monotonic()
+    busy1, total1 = machine_ticks()
+    point.machine_busy = (busy1 - busy0) / max(1, total1 - total0)
     cpu1, fl1 = cpu_seconds(pids), cpu_seconds(flushers)
     pg1 = pg.cpu_seconds() if pg else 0.0
     after = server.committed() if server.counter else None
@@ -740,7 +752,7 @@ def _fmt(value, spec: str = ",.0f") -> str:
 
 
 HEADER = (f"   {'server':22} {'rec/req':>7} {'conc':>4} {'429s':>11} {'acked rec/s':>12} {'committed/s':>12} "
-          f"{'p50 ms':>7} {'p99 ms':>7} {'429 %':>6} {'other':>6} {'cpu s/M':>7} {'flusher':>7} {'pg s/M':>7} {'moto s/M':>8}")
+          f"{'p50 ms':>7} {'p99 ms':>7} {'429 %':>6} {'other':>6} {'cpu s/M':>7} {'flusher':>7} {'pg s/M':>7} {'moto s/M':>8} {'busy%':>5}")
 
 
 def _row(p: Point) -> str:
@@ -749,7 +761,7 @@ def _row(p: Point) -> str:
             f"{_fmt(p.committed_per_s):>12} {p.p50_ms:7.2f} {p.p99_ms:7.2f} {p.rate_429 * 100:6.1f} "
             f"{p.status_other + p.socket_errors:6d} {_fmt(p.server_cpu_s_per_m, '.2f'):>7} "
             f"{_fmt(p.flusher_cpu_s_per_m, '.2f'):>7} {_fmt(p.postgres_cpu_s_per_m, '.2f'):>7} "
-            f"{_fmt(p.moto_cpu_s_per_m, '.2f'):>8}")
+            f"{_fmt(p.moto_cpu_s_per_m, '.2f'):>8} {_fmt(p.machine_busy and p.machine_busy * 100, '.0f'):>5}")
 
 
 def _median_points(points: list[Point]) -> list[Point]:
