@@ -134,7 +134,7 @@ _values = st.recursive(_leaves, lambda inner: st.one_of(
               st.lists(st.builds(lambda k, v: c.KeyValue(key=k, value=v), _keys, inner), max_size=3)),
 ), max_leaves=8)
 _attributes = st.lists(st.builds(lambda k, v: c.KeyValue(key=k, value=v), _keys, _values), max_size=4)
-_ids = st.sampled_from([b"", bytes(16), bytes(range(1, 17)), bytes(range(8)), b"\x01" * 7])
+_ids = st.sampled_from([b"", bytes(16), bytes(range(1, 17)), bytes(range(8)), b"\x01" * 7, b"\x02" * 17])
 
 _log_records = st.builds(lambda fields: logs_pb2.LogRecord(**fields), st.fixed_dictionaries({}, optional={
     "time_unix_nano": st.integers(0, (1 << 64) - 1),
