@@ -16,7 +16,11 @@ Retry-After, the codes OTLP clients retry, and everything else is not retried (4
 
 Counting comes first (§9): a protobuf body's LogRecords (and the envelopes holding them) are
 counted on the wire before the generated classes build anything, and a JSON body's arrays are
-counted as bytes (`count_elements`) before their elements are decoded.
+counted as bytes (`count_elements`) before their elements are decoded. A protobuf body is then
+parsed one piece at a time (each Resource, InstrumentationScope and LogRecord, found on the wire,
+each within RINGGATE_MAX_RECORD_BYTES), since upb spends up to ~30 times the bytes it parses; and
+the records of either form are bounded as they are built (`_Bounds`), since every record carries
+a copy of its resource and scope.
 """
 
 from __future__ import annotations
