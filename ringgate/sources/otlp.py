@@ -449,7 +449,7 @@ class ScopeLogs(msgspec.Struct):
 
 
 class ResourceLogs(msgspec.Struct):
-    resource: Resource | None = None
+    resource: msgspec.Raw = _NULL
     scopeLogs: msgspec.Raw = _NULL
 
 
@@ -460,19 +460,40 @@ class ExportLogsServiceRequest(msgspec.Struct):
 _REQUEST = msgspec.json.Decoder(ExportLogsServiceRequest)
 _RESOURCE_LOGS = msgspec.json.Decoder(list[ResourceLogs] | None)
 _SCOPE_LOGS = msgspec.json.Decoder(list[ScopeLogs] | None)
-_LOG_RECORDS = msgspec.json.Decoder(list[LogRecord] | None)
+_RESOURCE = msgspec.json.Decoder(Resource | None)
+_ELEMENTS = msgspec.json.Decoder(list[msgspec.Raw] | None)
+_LOG_RECORD = msgspec.json.Decoder(LogRecord)
+
+# A JSON LogRecord or Resource is decoded alone, and only when its bytes are within this many times
+# RINGGATE_MAX_RECORD_BYTES: msgspec spends up to ~19 times the bytes of `{}` attributes on their
+# structs, and the OTLP mapping spells out each attribute ({"key":..,"value":{"intValue":..}}), up
+# to ~5 times the bytes the record stores for it.
+JSON_PIECE_FACTOR = 4
 
 
 def _decode_level(decoder: msgspec.json.Decoder, raw, where: str):
     try:
         return decoder.decode(raw) or []
-    except msgspec.ValidationError as exc:
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise _json_refusal(exc, where) from None
+
+
+def _json_refusal(exc: msgspec.MsgspecError, where: str) -> Refusal:
+    if isinstance(exc, msgspec.ValidationError):
         # msgspec names the place inside the piece it was given: "... - at `$[0].key`"
         message = str(exc)
         at = message.replace("`$", f"`{where}", 1)
-        raise Refusal(400, "invalid_otlp", at if at != message else f"{where}: {message}") from None
-    except msgspec.DecodeError as exc:
-        raise Refusal(400, "invalid_json", f"{where}: {exc}") from None
+        return Refusal(400, "invalid_otlp", at if at != message else f"{where}: {message}")
+    return Refusal(400, "invalid_json", f"{where}: {exc}")
+
+
+def _json_piece_too_large(raw: msgspec.Raw, limits: Limits, where: Callable[[], str]) -> None:
+    if len(raw) > JSON_PIECE_FACTOR * limits.max_record_bytes:
+        raise Refusal(
+            413, "record_too_large",
+            f"{where()} is {len(raw)} bytes of OTLP JSON; the limit is {JSON_PIECE_FACTOR} x "
+            f"{limits.max_record_bytes} bytes ({JSON_PIECE_FACTOR} x RINGGATE_MAX_RECORD_BYTES)",
+        )
 
 
 def _count_envelopes(raw, envelopes: int, limits: Limits, small: bool) -> int:
@@ -570,14 +591,16 @@ def _decode_json(body: bytes, limits: Limits) -> Records:
         at_r = f"resourceLogs[{r}]"
         envelopes = _count_envelopes(resource_logs.scopeLogs, envelopes, limits, small)
         scopes = _decode_level(_SCOPE_LOGS, resource_logs.scopeLogs, f"{at_r}.scopeLogs")
-        resource_attrs = resource_logs.resource.attributes if resource_logs.resource else None
+        _json_piece_too_large(resource_logs.resource, limits, lambda at_r=at_r: f"{at_r}.resource")
+        resource = _decode_level(_RESOURCE, resource_logs.resource, f"{at_r}.resource")
+        resource_attrs = resource.attributes if resource else None
         resource = _attributes_json(resource_attrs, lambda at_r=at_r: f"{at_r}.resource", 2)
         resource = msgspec.Raw(_encode(resource)) if resource else None  # encoded once, copied into each record
         for s, scope_logs in enumerate(scopes):
             logs = scope_logs.logRecords
             if not small:
                 limits.check_count(len(raws) + count_elements(bytes(logs)))
-            logs = _decode_level(_LOG_RECORDS, logs, f"{at_r}.scopeLogs[{s}].logRecords")
+            logs = _decode_level(_ELEMENTS, logs, f"{at_r}.scopeLogs[{s}].logRecords")  # each one's bytes
             place.spans.append((r, s, len(logs)))
             named = {}
             if scope_logs.scope is not None:
@@ -586,9 +609,16 @@ def _decode_json(body: bytes, limits: Limits) -> Records:
                 if scope_logs.scope.version:
                     named["version"] = scope_logs.scope.version
             scope = msgspec.Raw(_encode(named)) if named else None
-            for log in logs:
+            for element in logs:  # decoded, converted and dropped one by one, as protobuf's
                 where = functools.partial(place.locate, len(raws))
-                bounds.add(_encode(_record_json(log, resource, scope, where)))
+                _json_piece_too_large(element, limits, where)
+                try:
+                    log = _LOG_RECORD.decode(element)
+                except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+                    raise _json_refusal(exc, where()) from None
+                record = _record_json(log, resource, scope, where)
+                del log
+                bounds.add(_encode(record))
     return finish(raws, limits, place.locate, trusted=True)
 
 

@@ -310,3 +310,41 @@ def test_a_resource_bomb_costs_half_a_ring_not_gigabytes(json):
     code, grown_mib = out.stdout.split()
     assert code == "body_too_large"
     assert int(grown_mib) < 100, out.stdout
+
+
+def _otlp_json(body: bytes) -> bytes:
+    """The OTLP JSON mapping of a protobuf request: protobuf's own JSON, but hex ids."""
+    from google.protobuf import json_format
+
+    value = json_format.MessageToDict(logs_service_pb2.ExportLogsServiceRequest.FromString(body),
+                                      use_integers_for_enums=True)
+    for resource_logs in value.get("resourceLogs", ()):
+        for scope_logs in resource_logs.get("scopeLogs", ()):
+            for log in scope_logs.get("logRecords", ()):
+                for key in ("traceId", "spanId"):
+                    if key in log:
+                        log[key] = base64.b64decode(log[key]).hex()
+    return msgspec.json.encode(value)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(requests())
+def test_json_records_decoded_one_by_one_store_what_the_protobuf_whole_message_stored(body):
+    """The same request in OTLP JSON: the same bytes stored, or a refusal of the same code."""
+    old, new = outcome(whole_message, body), outcome(decode_json, _otlp_json(body))
+    assert new[:2] == old[:2] and len(new) == len(old), (new, old)  # blob and lengths, or status and code
+
+
+@pytest.mark.parametrize(("piece", "where"), [
+    ('{"scopeLogs":[{"logRecords":[{},{"attributes":[%s]}]}]}', "resourceLogs[0].scopeLogs[0].logRecords[1]"),
+    ('{"resource":{"attributes":[%s]},"scopeLogs":[{"logRecords":[{}]}]}', "resourceLogs[0].resource"),
+])
+def test_a_json_piece_past_4_times_the_record_limit_is_refused_before_it_is_decoded(piece, where):
+    """~22,000 `{}` attributes: 64 KB of JSON that msgspec spent ~1.2 MB on, for `{"":null}`."""
+    limits = Limits(16 << 20, 16 << 10)
+    body = ('{"resourceLogs":[' + piece % ",".join(["{}"] * 22_000) + "]}").encode()
+    status, code, detail = outcome(decode_json, body, limits)
+    assert (status, code) == (413, "record_too_large"), detail
+    assert detail.startswith(f"{where} is 6") and "4 x RINGGATE_MAX_RECORD_BYTES" in detail, detail
+    within = ('{"resourceLogs":[' + piece % ",".join(["{}"] * 21_000) + "]}").encode()  # 63,000 bytes
+    assert isinstance(outcome(decode_json, within, limits)[0], bytes)
