@@ -18,9 +18,9 @@ Counting comes first (§9): a protobuf body's LogRecords (and the envelopes hold
 counted on the wire before the generated classes build anything, and a JSON body's arrays are
 counted as bytes (`count_elements`) before their elements are decoded. A protobuf body is then
 parsed one piece at a time (each Resource, InstrumentationScope and LogRecord, found on the wire,
-each within RINGGATE_MAX_RECORD_BYTES), since upb spends up to ~30 times the bytes it parses; and
-the records of either form are bounded as they are built (`_Bounds`), since every record carries
-a copy of its resource and scope.
+each within RINGGATE_MAX_RECORD_BYTES), since upb spends up to ~30 times the bytes it parses, and a
+JSON body one LogRecord or Resource at a time (within 4 times that); the records of either form are
+bounded as they are built (`_Bounds`), since every record carries a copy of its resource and scope.
 """
 
 from __future__ import annotations
@@ -217,9 +217,16 @@ def _not_a_request(exc: Exception, where: str = "") -> Refusal:
     return Refusal(400, "invalid_protobuf", f"the body is not an ExportLogsServiceRequest{at}: {exc}")
 
 
+WHOLE_UP_TO: int | None = None
+"""A protobuf ScopeLogs, or a JSON logRecords array, whose bytes are within the piece bound is parsed
+whole, in one call, as one record of that size would be: the memory bound is the same, and one
+call costs fewer instructions than one per record (protobuf: 7.1 M per 100-record body against
+7.8 M). None: the piece bound; the tests set 0 to take every envelope apart."""
+
 _parse_resource = resource_pb2.Resource.FromString
 _parse_scope = common_pb2.InstrumentationScope.FromString
 _parse_log = logs_pb2.LogRecord.FromString
+_parse_scope_logs = logs_pb2.ScopeLogs.FromString
 
 
 def _envelope(body: bytes, start: int, end: int) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
@@ -274,15 +281,17 @@ def _decode_protobuf(body: bytes, limits: Limits) -> Records:
 
 
 def _walk_protobuf(body: bytes, limits: Limits) -> Records:
-    """Each LogRecord parsed, converted and dropped before the next one is parsed.
+    """The body walked on the wire and parsed one piece at a time, each converted and dropped
+    before the next one is parsed.
 
-    upb spends up to ~30 times a message's bytes on its parse tree (~480 MiB for 16 MiB of empty
-    attributes in one LogRecord), so the body is walked on the wire down to its LogRecords and upb
-    parses one Resource, InstrumentationScope or LogRecord at a time, each within
-    RINGGATE_MAX_RECORD_BYTES; the records are bounded as they are built (`_Bounds`)."""
+    upb spends up to ~30 times a message's bytes on its parse tree (~470 MiB for 16 MiB of empty
+    attributes in one LogRecord), so upb parses one Resource, InstrumentationScope or LogRecord at
+    a time, each within RINGGATE_MAX_RECORD_BYTES (or a whole ScopeLogs no larger than that, which
+    can hold no larger record); the records are bounded as they are built (`_Bounds`)."""
     place = _Place(json=False)
     bounds = _Bounds(limits, place)
     max_record_bytes = limits.max_record_bytes
+    whole_up_to = max_record_bytes if WHOLE_UP_TO is None else WHOLE_UP_TO
     r = -1
     for number, r_start, r_end in fields(body, 0, len(body)):
         if number != 1:  # resource_logs; the rest is unknown fields, skipped as a parser skips them
@@ -297,19 +306,22 @@ def _walk_protobuf(body: bytes, limits: Limits) -> Records:
             if attributes:
                 resource = msgspec.Raw(_encode(attributes))  # encoded once, copied into each record
         for s, (s_start, s_end) in enumerate(scope_logs):
+            if s_end - s_start <= whole_up_to:  # no larger than one record may be: parsed whole
+                try:
+                    parsed = _parse_scope_logs(body[s_start:s_end])
+                except DecodeError as exc:
+                    raise _not_a_request(exc, f"resource_logs[{r}].scope_logs[{s}]") from None
+                place.spans.append((r, s, len(parsed.log_records)))
+                scope = _scope(parsed.scope)
+                for log in parsed.log_records:
+                    bounds.add(_encode(_record_pb(log, resource, scope, place, len(bounds.raws))))
+                del parsed
+                continue
             scopes, logs = _envelope(body, s_start, s_end)
             place.spans.append((r, s, len(logs)))
             scope = None
             if scopes:
-                parsed = _parse_head(_parse_scope, body, scopes, limits, f"resource_logs[{r}].scope_logs[{s}].scope")
-                named = {}
-                if parsed.name:
-                    named["name"] = parsed.name
-                if parsed.version:
-                    named["version"] = parsed.version
-                del parsed
-                if named:
-                    scope = msgspec.Raw(_encode(named))
+                scope = _scope(_parse_head(_parse_scope, body, scopes, limits, f"resource_logs[{r}].scope_logs[{s}].scope"))
             for start, end in logs:
                 if end - start > max_record_bytes:
                     raise _piece_too_large(place.locate(len(bounds.raws)), end - start, limits)
@@ -321,6 +333,16 @@ def _walk_protobuf(body: bytes, limits: Limits) -> Records:
                 del log  # before the next one is parsed
                 bounds.add(_encode(record))
     return finish(bounds.raws, limits, place.locate, trusted=True)
+
+
+def _scope(scope) -> msgspec.Raw | None:
+    """An InstrumentationScope as stored: its name and version, encoded once for every record."""
+    named = {}
+    if scope.name:
+        named["name"] = scope.name
+    if scope.version:
+        named["version"] = scope.version
+    return msgspec.Raw(_encode(named)) if named else None
 
 
 def _record_pb(log, resource: msgspec.Raw | None, scope: msgspec.Raw | None, place: _Place, index: int) -> dict:
@@ -463,6 +485,7 @@ _SCOPE_LOGS = msgspec.json.Decoder(list[ScopeLogs] | None)
 _RESOURCE = msgspec.json.Decoder(Resource | None)
 _ELEMENTS = msgspec.json.Decoder(list[msgspec.Raw] | None)
 _LOG_RECORD = msgspec.json.Decoder(LogRecord)
+_LOG_RECORDS = msgspec.json.Decoder(list[LogRecord] | None)
 
 # A JSON LogRecord or Resource is decoded alone, and only when its bytes are within this many times
 # RINGGATE_MAX_RECORD_BYTES: msgspec spends up to ~19 times the bytes of `{}` attributes on their
@@ -487,7 +510,7 @@ def _json_refusal(exc: msgspec.MsgspecError, where: str) -> Refusal:
     return Refusal(400, "invalid_json", f"{where}: {exc}")
 
 
-def _json_piece_too_large(raw: msgspec.Raw, limits: Limits, where: Callable[[], str]) -> None:
+def _json_piece_too_large(raw: msgspec.Raw | bytes, limits: Limits, where: Callable[[], str]) -> None:
     if len(raw) > JSON_PIECE_FACTOR * limits.max_record_bytes:
         raise Refusal(
             413, "record_too_large",
@@ -587,6 +610,7 @@ def _decode_json(body: bytes, limits: Limits) -> Records:
     place = _Place(json=True)
     bounds = _Bounds(limits, place)
     raws = bounds.raws
+    piece_bytes = JSON_PIECE_FACTOR * limits.max_record_bytes
     for r, resource_logs in enumerate(_decode_level(_RESOURCE_LOGS, request.resourceLogs, "resourceLogs")):
         at_r = f"resourceLogs[{r}]"
         envelopes = _count_envelopes(resource_logs.scopeLogs, envelopes, limits, small)
@@ -600,7 +624,9 @@ def _decode_json(body: bytes, limits: Limits) -> Records:
             logs = scope_logs.logRecords
             if not small:
                 limits.check_count(len(raws) + count_elements(bytes(logs)))
-            logs = _decode_level(_ELEMENTS, logs, f"{at_r}.scopeLogs[{s}].logRecords")  # each one's bytes
+            whole = len(logs) <= (piece_bytes if WHOLE_UP_TO is None else WHOLE_UP_TO)
+            # within the bound, the structs of every record; past it, each one's bytes (Raw)
+            logs = _decode_level(_LOG_RECORDS if whole else _ELEMENTS, logs, f"{at_r}.scopeLogs[{s}].logRecords")
             place.spans.append((r, s, len(logs)))
             named = {}
             if scope_logs.scope is not None:
@@ -609,13 +635,14 @@ def _decode_json(body: bytes, limits: Limits) -> Records:
                 if scope_logs.scope.version:
                     named["version"] = scope_logs.scope.version
             scope = msgspec.Raw(_encode(named)) if named else None
-            for element in logs:  # decoded, converted and dropped one by one, as protobuf's
+            for log in logs:
                 where = functools.partial(place.locate, len(raws))
-                _json_piece_too_large(element, limits, where)
-                try:
-                    log = _LOG_RECORD.decode(element)
-                except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-                    raise _json_refusal(exc, where()) from None
+                if not whole:  # decoded, converted and dropped one by one, as protobuf's
+                    _json_piece_too_large(log, limits, where)
+                    try:
+                        log = _LOG_RECORD.decode(log)
+                    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+                        raise _json_refusal(exc, where()) from None
                 record = _record_json(log, resource, scope, where)
                 del log
                 bounds.add(_encode(record))

@@ -7,6 +7,7 @@ the whole ExportLogsServiceRequest, then the same conversion, written the old wa
 from __future__ import annotations
 
 import base64
+import contextlib
 import functools
 import gzip
 import subprocess
@@ -27,6 +28,7 @@ from opentelemetry.proto.resource.v1 import resource_pb2
 from ringgate.codecs import Limits, Records
 from ringgate.codecs.records import finish
 from ringgate.errors import Refusal
+from ringgate.sources import otlp
 from ringgate.sources.otlp import _check_depth, _hex_id, _Place, decode_json, decode_protobuf
 
 LIMITS = Limits(16 << 20, 1 << 20)
@@ -101,6 +103,16 @@ def whole_message(body: bytes, limits: Limits) -> Records:
                     record["event_name"] = log.event_name
                 raws.append(msgspec.json.encode(record))
     return finish(raws, limits, place.locate, trusted=True)
+
+
+@contextlib.contextmanager
+def taken_apart():
+    """Every envelope walked into its pieces however small (a small one is parsed whole, else)."""
+    saved, otlp.WHOLE_UP_TO = otlp.WHOLE_UP_TO, 0
+    try:
+        yield
+    finally:
+        otlp.WHOLE_UP_TO = saved
 
 
 def outcome(decode, body: bytes, limits: Limits = LIMITS):
@@ -198,7 +210,10 @@ def requests(draw) -> bytes:
 def test_pieces_store_what_the_whole_message_stored(body):
     """Byte for byte, refusals included: merged resources and scopes, a resource or scope after
     the records it applies to, unknown fields and schema_url anywhere, every AnyValue kind."""
-    assert outcome(decode_protobuf, body) == outcome(whole_message, body)
+    expected = outcome(whole_message, body)
+    assert outcome(decode_protobuf, body) == expected  # small envelopes parsed whole
+    with taken_apart():
+        assert outcome(decode_protobuf, body) == expected
 
 
 def _mutations(body: bytes) -> st.SearchStrategy[bytes]:
@@ -220,11 +235,14 @@ def _mutations(body: bytes) -> st.SearchStrategy[bytes]:
 def test_pieces_never_take_a_body_the_whole_message_refused(body):
     """Any bytes: stored identically, or refused. The pieces may refuse more (groups, which proto3
     never writes), never less; empty_body counts as taken (OTLP answers it 200)."""
-    old, new = outcome(whole_message, body), outcome(decode_protobuf, body)
-    if isinstance(new[0], bytes) or new[1] == "empty_body":
-        assert new == old
-    else:
-        assert 400 <= new[0] < 500
+    old = outcome(whole_message, body)
+    for regime in (contextlib.nullcontext, taken_apart):
+        with regime():
+            new = outcome(decode_protobuf, body)
+        if isinstance(new[0], bytes) or new[1] == "empty_body":
+            assert new == old
+        else:
+            assert 400 <= new[0] < 500
 
 
 def _one_log_record(log_record: bytes, resource: bytes = b"", scope: bytes = b"") -> bytes:
@@ -257,9 +275,13 @@ def test_a_piece_larger_than_the_record_limit_is_refused_before_it_is_parsed(mon
 
 def test_a_bad_piece_is_named_where_it_is():
     bad = _one_log_record(ld(3, b"\xff"))  # severity_text not UTF-8
-    status, code, detail = outcome(decode_protobuf, bad)
+    status, code, detail = outcome(decode_protobuf, bad)  # its ScopeLogs, small, parsed whole
     assert (status, code) == (400, "invalid_protobuf")
-    assert "(resource_logs[0].scope_logs[0].log_records[1])" in detail, detail
+    assert "(resource_logs[0].scope_logs[0]): Error parsing message with type 'opentelemetry.proto.logs.v1.ScopeLogs'" in detail
+    with taken_apart():
+        status, code, detail = outcome(decode_protobuf, bad)
+    assert (status, code) == (400, "invalid_protobuf")
+    assert "(resource_logs[0].scope_logs[0].log_records[1]): Error parsing message with type 'opentelemetry.proto.logs.v1.LogRecord'" in detail
 
 
 def _resource_bomb(records: int, resource_bytes: int, json: bool) -> bytes:
@@ -331,8 +353,11 @@ def _otlp_json(body: bytes) -> bytes:
 @given(requests())
 def test_json_records_decoded_one_by_one_store_what_the_protobuf_whole_message_stored(body):
     """The same request in OTLP JSON: the same bytes stored, or a refusal of the same code."""
-    old, new = outcome(whole_message, body), outcome(decode_json, _otlp_json(body))
-    assert new[:2] == old[:2] and len(new) == len(old), (new, old)  # blob and lengths, or status and code
+    old, json_body = outcome(whole_message, body), _otlp_json(body)
+    for regime in (contextlib.nullcontext, taken_apart):  # each logRecords array decoded whole, or not
+        with regime():
+            new = outcome(decode_json, json_body)
+        assert new[:2] == old[:2] and len(new) == len(old), (new, old)  # blob and lengths, or status and code
 
 
 @pytest.mark.parametrize(("piece", "where"), [
@@ -348,3 +373,5 @@ def test_a_json_piece_past_4_times_the_record_limit_is_refused_before_it_is_deco
     assert detail.startswith(f"{where} is 6") and "4 x RINGGATE_MAX_RECORD_BYTES" in detail, detail
     within = ('{"resourceLogs":[' + piece % ",".join(["{}"] * 21_000) + "]}").encode()  # 63,000 bytes
     assert isinstance(outcome(decode_json, within, limits)[0], bytes)
+    with taken_apart():
+        assert isinstance(outcome(decode_json, within, limits)[0], bytes)
