@@ -205,8 +205,17 @@ def requests(draw) -> bytes:
 # ---------------------------------------------------------------------------------------- the tests
 
 
+_NAMED = ld(1, c.InstrumentationScope(name="n", version="1").SerializeToString())
+_SERVICE = ld(1, resource_pb2.Resource(attributes=[c.KeyValue(key="k", value=c.AnyValue(string_value="v"))]).SerializeToString())
+_HOST = ld(1, resource_pb2.Resource(attributes=[c.KeyValue(key="h", value=c.AnyValue(int_value=7))]).SerializeToString())
+_RECORD = ld(2, logs_pb2.LogRecord(severity_text="INFO").SerializeToString())
+
+
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(requests())
+@example(ld(1, ld(2, _NAMED + _RECORD)))  # a scope
+@example(ld(1, ld(2, _RECORD + ld(1, b"\x0a\x01x") + _RECORD + ld(1, b"\x12\x01y"))))  # scope in two pieces, after
+@example(ld(1, ld(2, _RECORD) + _SERVICE + ld(2, _RECORD) + _HOST))  # resource in two pieces, after
 def test_pieces_store_what_the_whole_message_stored(body):
     """Byte for byte, refusals included: merged resources and scopes, a resource or scope after
     the records it applies to, unknown fields and schema_url anywhere, every AnyValue kind."""
