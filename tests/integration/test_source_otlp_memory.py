@@ -86,7 +86,6 @@ def measure(gw, name: str, body: bytes, content_type: str = "application/x-proto
     (pid,) = gw.children()["worker"]
     outcome = attacks.measure(name, gw.port, pid, lambda: post(gw.port, body, content_type, gzipped))
     assert outcome.healthz_worst_s < 2.0, outcome
-    print(outcome)
     return outcome
 
 
