@@ -8,6 +8,9 @@ The records: 100 log records as the OpenTelemetry SDK sends them (a body string,
 a resource of three attributes, a scope, timestamps, trace and span ids), as an
 ExportLogsServiceRequest in protobuf and in OTLP JSON; and the records ringgate stores for them
 (the §8 shape) as `{"records": [...]}` to /v1/ingest. The ring is drained between rounds, untimed.
+
+The protobuf decoder alone is timed too, beside the whole-message decoder it replaced (one upb
+parse of the request; kept in the tests as their oracle), in µs per body.
 """
 
 from __future__ import annotations
@@ -24,17 +27,20 @@ from opentelemetry.proto.resource.v1 import resource_pb2
 
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
+sys.path.insert(1, str(BENCH.parent))  # the tests' oracle, tests.unit.test_source_otlp_pieces
 
 import test_bench_app as bench_app  # noqa: E402
 from _report import write_report  # noqa: E402
 
 from ringgate.codecs import Limits  # noqa: E402
 from ringgate.sources.otlp import decode_protobuf  # noqa: E402
+from tests.unit.test_source_otlp_pieces import whole_message  # noqa: E402
 
 ringgate_app = bench_app.ringgate_app  # the fixture: ringgate's app on a real ring, drained untimed
 RECORDS = 100
 REQUESTS = 100  # per round: 10,000 records of ~500 B framed fit the bench's 16 MiB ring
 _results: dict[str, float] = {}  # name -> records/s
+_decoders: dict[str, float] = {}  # name -> µs per body
 
 
 def _kv(key: str, **value) -> c.KeyValue:
@@ -82,8 +88,7 @@ CASES = {
     "/v1/logs, protobuf": ("/v1/logs", b"application/x-protobuf", PROTOBUF, 200),
     "/v1/logs, OTLP JSON": ("/v1/logs", b"application/json", JSON, 200),
 }
-
-
+DECODERS = {"pieces (now)": decode_protobuf, "whole message (before, the tests' oracle)": whole_message}
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -98,6 +103,16 @@ def test_source_otlp(benchmark, ringgate_app, case):
         benchmark.extra_info["records_per_s"] = round(_results[case])
 
 
+@pytest.mark.parametrize("decoder", list(DECODERS))
+def test_protobuf_decoder(benchmark, decoder):
+    benchmark.group = f"protobuf decoder alone, {RECORDS}-record body"
+    limits = Limits(16 << 20, 1 << 20)
+    records = benchmark.pedantic(DECODERS[decoder], (PROTOBUF, limits), rounds=100, iterations=10, warmup_rounds=3)
+    assert records.blob == STORED.blob
+    if benchmark.stats is not None:
+        _decoders[decoder] = benchmark.stats.stats.median * 1e6
+
+
 def test_the_three_bodies_store_the_same_records():
     from ringgate.codecs import decoder_for
     from ringgate.sources.otlp import decode_json
@@ -110,7 +125,7 @@ def test_the_three_bodies_store_the_same_records():
 @pytest.fixture(scope="module", autouse=True)
 def _summary(request):
     yield
-    if not _results:
+    if not _results and not _decoders:
         return
     base = _results.get("/v1/ingest, JSON of the stored records")
     lines = ["", f"OTLP/HTTP logs beside /v1/ingest, in-process, {RECORDS}-record requests (median)",
@@ -118,5 +133,8 @@ def _summary(request):
     for name, rate in _results.items():
         ratio = f"{rate / base:.2f}x" if base else ""
         lines.append(f"{name:45} {rate:11.0f} {ratio:>14}")
-    lines.append(json.dumps({"records_per_s": {k: round(v) for k, v in _results.items()}}))
+    for name, us in _decoders.items():
+        lines.append(f"protobuf decoder, {name:42} {us:8.0f} µs per body")
+    lines.append(json.dumps({"records_per_s": {k: round(v) for k, v in _results.items()},
+                             "decoder_us_per_body": {k: round(v) for k, v in _decoders.items()}}))
     write_report(request.config, lines)
