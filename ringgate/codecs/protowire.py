@@ -23,38 +23,13 @@ def varint(data: bytes, position: int, end: int) -> tuple[int, int]:
     raise WireError(f"truncated or overlong varint at byte {position}")
 
 
-def length_delimited(data: bytes, start: int, end: int) -> Iterator[tuple[int, int, int]]:
-    """(field number, start, end) of each length-delimited field of the message in
-    data[start:end] (sub-messages, strings, bytes), the other fields skipped; groups, which proto3
-    does not write, are a WireError."""
-    position = start
-    while position < end:
-        tag, position = varint(data, position, end)
-        kind = tag & 7
-        if kind == 0:
-            position = varint(data, position, end)[1]
-        elif kind == 1:
-            position += 8
-        elif kind == 5:
-            position += 4
-        elif kind == 2:
-            length, position = varint(data, position, end)
-            if position + length > end:
-                raise WireError(f"field {tag >> 3} at byte {position} runs past its message (byte {end})")
-            yield tag >> 3, position, position + length
-            position += length
-        else:
-            raise WireError(f"wire type {kind} at byte {position} is not written by proto3")
-        if position > end:
-            raise WireError(f"a field runs past its message (byte {end})")
-
-
 def fields(data: bytes, start: int, end: int) -> Iterator[tuple[int, int, int]]:
-    """(field number, start, end) of each length-delimited field of the message in data[start:end],
-    as length_delimited, but refusing what upb refuses in a tag or a length (field number 0, a tag
-    of 32 bits or more, a tag or a length written in more than 5 bytes): a walk that cuts a message
-    into the pieces a parser then builds one by one must not take bytes that the parser would refuse
-    in the whole message. Groups stay a WireError (upb would skip them as unknown fields)."""
+    """(field number, start, end) of each length-delimited field of the message in data[start:end]
+    (sub-messages, strings, bytes), the other fields skipped. As strict as upb in a tag or a length
+    (field number 0, a tag of 32 bits or more, a tag or a length written in more than 5 bytes are a
+    WireError): a walk that cuts a message into the pieces a parser then builds one by one must not
+    take bytes that the parser would refuse in the whole message. Groups, which proto3 does not
+    write, are a WireError too (upb would skip them as unknown fields)."""
     position = start
     while position < end:
         tag = data[position]

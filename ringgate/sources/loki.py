@@ -35,7 +35,7 @@ from google.protobuf.message import DecodeError
 
 from ..codecs import Limits, Records, media_type
 from ..codecs.json import invalid
-from ..codecs.protowire import WireError, length_delimited
+from ..codecs.protowire import WireError, fields
 from ..codecs.records import check_utf8, finish, scan, shown
 from ..errors import Refusal
 from ..gateway import Gateway
@@ -297,13 +297,13 @@ def _count_wire(data: bytes, limits: Limits) -> None:
     with 413 as soon as either passes the limit (so it walks at most max_records of each)."""
     streams = entries = 0
     try:
-        for number, start, end in length_delimited(data, 0, len(data)):
+        for number, start, end in fields(data, 0, len(data)):
             if number != 1:  # not a stream
                 continue
             streams += 1
             if streams > limits.max_records:
                 limits.check_count(streams)
-            for number, _, _ in length_delimited(data, start, end):
+            for number, _, _ in fields(data, start, end):
                 if number == 2:  # an entry
                     entries += 1
                     if entries > limits.max_records:
