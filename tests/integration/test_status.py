@@ -78,7 +78,8 @@ def test_status_json_while_every_worker_is_stopped(make_gateway):
 
 def test_status_shows_records_per_second_and_the_sink_failure(make_gateway):
     # nothing listens on that port: every delivery attempt fails and is retried
-    gw = make_gateway(SINK=f"postgresql://ringgate:s3cret@127.0.0.1:{free_port()}/ringgate")
+    # one ring, whose view the test reads (a PostgreSQL sink defaults to a ring per core)
+    gw = make_gateway(SINK=f"postgresql://ringgate:s3cret@127.0.0.1:{free_port()}/ringgate", FLUSHERS="1")
     stop = threading.Event()
     posted = []
 
