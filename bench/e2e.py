@@ -350,7 +350,7 @@ class Server:
 
     @property
     def label(self) -> str:
-        extra = f", {self.flushers} flushers" if self.kind == "ringgate" and self.flushers != 1 else ""
+        extra = f", {self.flushers} flushers" if self.kind == "ringgate" and self.flushers > 1 else ""
         return f"{self.kind} (w={self.workers}{extra})"
 
     def start(self, timeout: float = 60) -> None:
@@ -625,7 +625,8 @@ def load_server(server: Server, args, bodies: dict[int, str], sink_label: str, p
                 if point.status_2xx and per_429 is not None:
                     point.cpu_us_per_2xx = (point.server_cpu_s - point.status_429 * per_429 / 1e6) / point.status_2xx * 1e6
             print(f"   a 429 costs {_fmt(per_429, '.1f')} µs of server CPU; a 2xx "
-                  + ", ".join(f"{_fmt(p.cpu_us_per_2xx, '.1f')} µs ({_mode(p.retry_after_ms)})" for p in points), flush=True)
+                  + ", ".join(f"{_fmt(p.cpu_us_per_2xx, '.1f')} µs ({_mode(p.retry_after_ms)})" for p in points
+                              if not p.pace_ms), flush=True)
             wait_committed(server, acked, args.drain_timeout)
         results.extend(points)
     finally:
