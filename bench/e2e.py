@@ -609,6 +609,7 @@ def load_server(server: Server, args, bodies: dict[int, str], sink_label: str, p
                 pace = max(0.0, 1000 * sat.concurrency / (rate / 2) - sat.p50_ms)
                 point = replace(sat, pace_ms=pace, statuses={})
                 acked += measure(point, server, pg, bodies[sat.records_per_request], args)
+                in_flight += sat.concurrency * sat.records_per_request
                 point.offered_fraction = point.acked_per_s / sat.committed_per_s
                 _, point.drained_s = wait_committed(server, acked, args.drain_timeout)
                 points.append(point)
