@@ -113,14 +113,19 @@ REFUSED = [
 ]
 
 
-@pytest.mark.parametrize("text", ACCEPTED + REFUSED, ids=lambda t: t[:24] + (f"..{len(t)}" if len(t) > 24 else ""))
-def test_screen_says_what_the_server_says(postgres_server, text):
+def server_verdict(postgres_server, text: str, column_type: str) -> str | None:
+    """The SQLSTATE with which the server refuses `text` as `column_type`, None when it takes it."""
     with postgres_server.connect() as conn:
         try:
-            conn.execute("SELECT %s::text::jsonb IS NOT NULL", (text,))
-            server = None
+            conn.execute(f"SELECT %s::text::{column_type} IS NOT NULL", (text,))
         except Exception as exc:  # noqa: BLE001 - the server's verdict, whatever its class
-            server = exc.sqlstate
+            return exc.sqlstate
+    return None
+
+
+@pytest.mark.parametrize("text", ACCEPTED + REFUSED, ids=lambda t: t[:24] + (f"..{len(t)}" if len(t) > 24 else ""))
+def test_screen_says_what_the_server_says(postgres_server, text):
+    server = server_verdict(postgres_server, text, "jsonb")
     assert (server is None) == (text in ACCEPTED), f"the server answered {server}: fix this test's lists"
     predicted = jsonb_refusal(text.encode())
     assert (predicted and predicted[0]) == (server or None)
@@ -318,12 +323,7 @@ JSON_REFUSED: list[str] = []
 
 @pytest.mark.parametrize("text", ACCEPTED + REFUSED, ids=lambda t: t[:24] + (f"..{len(t)}" if len(t) > 24 else ""))
 def test_json_takes_every_text_jsonb_refuses(postgres_server, text):
-    with postgres_server.connect() as conn:
-        try:
-            conn.execute("SELECT %s::text::json IS NOT NULL", (text,))
-            server = None
-        except Exception as exc:  # noqa: BLE001 - the server's verdict, whatever its class
-            server = exc.sqlstate
+    server = server_verdict(postgres_server, text, "json")
     assert (server is not None) == (text in JSON_REFUSED), f"the server answered {server}: fix JSON_REFUSED"
 
 
