@@ -46,6 +46,7 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import set_json_dumps
 
+from ringgate.config import PARTITIONS, PG_RECORD_TYPES
 from ringgate.errors import ConfigurationError, PermanentSinkError, RetryableSinkError, SinkError
 from ringgate.sinks import redact, scrub, url_secrets
 from ringgate.sinks.base import Batch, DeadLetterCallback, Refused
@@ -60,8 +61,9 @@ COLUMN_TYPES = ("text", "smallint", "bigint", "bigint", "timestamp with time zon
 COPY_TYPES = ("text", "int2", "int8", "int8", "timestamptz", "jsonb")  # for `Copy.set_types`
 #: the record column: jsonb (the default: parsed into the server's binary form, queryable and
 #: indexable) or json (the text as sent, syntax-checked: about twice as fast to load, parsed
-#: again by every query that looks inside). Same name in SQL and in `Copy.set_types`.
-RECORD_TYPES = ("jsonb", "json")
+#: again by every query that looks inside). Same name in SQL and in `Copy.set_types`; the rule
+#: lives in ringgate.config (RINGGATE_PG_RECORD_TYPE), as PARTITIONS does (RINGGATE_PG_PARTITION).
+RECORD_TYPES = PG_RECORD_TYPES
 
 # signature, int32 flags (0: no OIDs), int32 header extension length (0)
 COPY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + bytes(4) + bytes(4)
@@ -100,7 +102,6 @@ def row_prefix(instance_bytes: int, record_type: str = "jsonb") -> np.dtype:
 PG_EPOCH_UNIX_US = 946_684_800_000_000  # 2000-01-01T00:00:00Z in µs since the Unix epoch
 COPY_CHUNK_ROWS = 2048
 
-PARTITIONS = ("none", "month")
 # identifiers we derive (<table>_offsets, <table>_dedup, <table>_pYYYYMM) must stay within
 # PostgreSQL's 63 bytes, which it would otherwise truncate silently
 _TABLE_RE = re.compile(r"^(?:([a-z_][a-z0-9_]{0,62})\.)?([a-z_][a-z0-9_]{0,47})$")
