@@ -146,6 +146,20 @@ def rounds(benchmark, app, drain, body: bytes, path: str = "/v1/ingest",
     return set(statuses)
 
 
+def records_per_second(benchmark, app, drain, body: bytes, path: str, headers: list[tuple[bytes, bytes]],
+                       records: int, status: int, requests: int = REQUESTS, count: int = 30) -> tuple[float, float] | None:
+    """`rounds` of a source's request carrying `records` records, every answer `status`; records/s
+    at the median and at the best round (None when benchmarks are disabled). The source
+    benchmarks' one measurement."""
+    statuses = rounds(benchmark, app, drain, body, path, headers, requests, count=count)
+    assert statuses == {status}, statuses
+    if benchmark.stats is None:
+        return None
+    stats = benchmark.stats.stats
+    benchmark.extra_info["records_per_s"] = round(requests * records / stats.median)
+    return requests * records / stats.median, requests * records / stats.min
+
+
 def _note(benchmark, name: str) -> None:
     if benchmark.stats is None:
         return
