@@ -134,6 +134,21 @@ def held_bytes(gw) -> int:
     return int(found[-1])
 
 
+def kill_one_of_two_under_load(tmp_path, victim, survivor):
+    """Both gateways behind nginx under the client load, `victim` killed -9 and restarted
+    (kill_and_restart_under_load); the load and nginx stopped. Returns (load, t_kill, t_restart)."""
+    proc, port = nginx_with_log(tmp_path, [victim, survivor])
+    try:
+        load = Load(port).start()
+        try:
+            t_kill, t_restart = kill_and_restart_under_load(load, victim, survivor)
+        finally:
+            load.stop()
+    finally:
+        stop_nginx(proc)
+    return load, t_kill, t_restart
+
+
 def kill_and_restart_under_load(load: Load, victim, survivor, dead_s: float = 4.0):
     """Load through both, kill -9 the victim's whole process group, load on the survivor alone
     for `dead_s`, restart the victim under its name, load on both again. Returns the dead window."""
@@ -185,16 +200,8 @@ def test_two_gateways_into_one_table_lose_and_double_nothing_when_one_is_killed(
 ):
     sink = {"RINGGATE_SINK": postgres_server.url, "RINGGATE_PG_TABLE": postgres_table, **PG_GATEWAY}
     a, b = make_gateway(**sink), make_gateway(**sink)
-    proc, port = nginx_with_log(tmp_path, [a, b])
-    try:
-        load = Load(port).start()
-        try:
-            t_kill, t_restart = kill_and_restart_under_load(load, a, b)
-        finally:
-            load.stop()
-        rows = wait_rows(postgres_server, postgres_table, load.acked)
-    finally:
-        stop_nginx(proc)
+    load, t_kill, t_restart = kill_one_of_two_under_load(tmp_path, a, b)
+    rows = wait_rows(postgres_server, postgres_table, load.acked)
     assert_balanced(load)
     stored = collections.Counter(e for _, e in rows)
     lost = load.acked - set(stored)
@@ -217,25 +224,17 @@ def test_two_gateways_into_one_bucket_double_only_what_lost_its_answer(
     sink = {"RINGGATE_SINK": f"s3://{s3_bucket}/events", **s3_server.env, **PG_GATEWAY}
     del sink["RINGGATE_PG_DEDUP_KEY"]
     a, b = make_gateway(**sink), make_gateway(**sink)
-    proc, port = nginx_with_log(tmp_path, [a, b])
-    try:
-        load = Load(port).start()
-        try:
-            t_kill, t_restart = kill_and_restart_under_load(load, a, b)
-        finally:
-            load.stop()
-        deadline = time.monotonic() + 40
-        while True:
-            objects = s3_server.objects(s3_bucket, "events/")
-            where: dict[str, list[str]] = collections.defaultdict(list)
-            for key, content in objects.items():
-                for line in content.splitlines():
-                    where[json.loads(line)["event_id"]].append(key)
-            if load.acked <= set(where) or time.monotonic() > deadline:
-                break
-            time.sleep(0.25)
-    finally:
-        stop_nginx(proc)
+    load, t_kill, t_restart = kill_one_of_two_under_load(tmp_path, a, b)
+    deadline = time.monotonic() + 40
+    while True:
+        objects = s3_server.objects(s3_bucket, "events/")
+        where: dict[str, list[str]] = collections.defaultdict(list)
+        for key, content in objects.items():
+            for line in content.splitlines():
+                where[json.loads(line)["event_id"]].append(key)
+        if load.acked <= set(where) or time.monotonic() > deadline:
+            break
+        time.sleep(0.25)
     assert_balanced(load)
     lost = load.acked - set(where)
     assert not lost, f"{len(lost)} acknowledged records in no object, e.g. {sorted(lost)[:5]}"
