@@ -30,6 +30,23 @@ def file_sink_records(root: str | pathlib.Path) -> list[dict]:
     return out
 
 
+class StuckSink:
+    """A file:// sink that cannot be written (a regular file where its directory should be): the
+    flushers' deliveries fail and are retried, the ring fills, until `recover()` removes the file."""
+
+    def __init__(self, tmp_path: pathlib.Path) -> None:
+        self.blocker = tmp_path / "blocked"
+        self.blocker.write_text("a regular file where the sink directory should be")
+        self.url = f"file://{self.blocker}/data"
+
+    def recover(self) -> None:
+        """The operator fixes the fault: deliveries succeed from the next retry on."""
+        self.blocker.unlink()
+
+    def records(self) -> list[dict]:
+        return file_sink_records(self.blocker / "data")
+
+
 def wait_for(predicate: Callable[[], bool], timeout: float = 30, interval: float = 0.1, what: str = "") -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

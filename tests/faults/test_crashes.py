@@ -13,7 +13,7 @@ import time
 import pytest
 
 from tests.fixtures.gateway import request
-from tests.sinkdata import assert_exactly_once, file_sink_records, wait_for
+from tests.sinkdata import StuckSink, assert_exactly_once, file_sink_records, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -136,15 +136,14 @@ def test_rings_survive_sigkill_of_every_process_and_are_adopted(make_gateway):
 
 
 def test_drain_timeout_exits_1_and_leaves_the_rings(make_gateway, tmp_path):
-    blocker = tmp_path / "blocked"
-    blocker.write_text("x")
-    gw = make_gateway(SINK=f"file://{blocker}/data", DRAIN_TIMEOUT_S="1")
+    stuck = StuckSink(tmp_path)
+    gw = make_gateway(SINK=stuck.url, DRAIN_TIMEOUT_S="1")
     assert gw.post([{"id": "kept"}]).status == 202
     assert gw.stop() == 1
     assert gw.segments(), "undelivered rings are left for the next run"
-    blocker.unlink()
+    stuck.recover()
     gw.start()
-    wait_for(lambda: file_sink_records(blocker / "data") == [{"id": "kept"}], what="delivery after restart")
+    wait_for(lambda: stuck.records() == [{"id": "kept"}], what="delivery after restart")
     assert gw.stop() == 0
 
 

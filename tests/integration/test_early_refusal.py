@@ -16,6 +16,7 @@ import time
 import pytest
 
 from tests.integration.test_gateway import records
+from tests.sinkdata import StuckSink
 
 
 def fill(gw, headers: dict[str, str] | None = None, tag: str = "r") -> str:
@@ -46,9 +47,8 @@ def headers_only(gw, path: str, content_type: str, length: int, extra: str = "")
 
 @pytest.fixture
 def crowded(make_gateway, tmp_path):
-    blocker = tmp_path / "blocked"
-    blocker.write_text("a regular file where the sink directory should be")
-    gw = make_gateway(RING_BYTES=str(64 * 1024), SINK=f"file://{blocker}/data", BATCH_RECORDS="50",
+    stuck = StuckSink(tmp_path)
+    gw = make_gateway(RING_BYTES=str(64 * 1024), SINK=stuck.url, BATCH_RECORDS="50",
                       BODY_TIMEOUT_S="30")
     assert fill(gw) == "low_priority"  # the ring is more than 75 % full
     return gw
@@ -106,9 +106,8 @@ def test_an_unread_body_is_drained_so_the_connection_serves_the_next_request(cro
 def test_a_retry_later_answer_is_held_for_the_refusal_delay(make_gateway, tmp_path):
     """A client resending every 429 at once asks at most once per RINGGATE_REFUSAL_DELAY_MS per
     connection."""
-    blocker = tmp_path / "blocked"
-    blocker.write_text("x")
-    gw = make_gateway(RING_BYTES=str(64 * 1024), SINK=f"file://{blocker}/data", REFUSAL_DELAY_MS="1000")
+    stuck = StuckSink(tmp_path)
+    gw = make_gateway(RING_BYTES=str(64 * 1024), SINK=stuck.url, REFUSAL_DELAY_MS="1000")
     assert fill(gw) == "low_priority"
     started = time.monotonic()
     resp = gw.post(records("late", 1), path="/v1/logs", content_type="application/json")

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from tests.sinkdata import assert_exactly_once, file_sink_records, wait_for
+from tests.sinkdata import StuckSink, assert_exactly_once, file_sink_records, wait_for
 
 
 def records(tag: str, n: int, start: int = 0) -> list[dict]:
@@ -174,9 +174,8 @@ def test_api_keys(make_gateway):
 
 
 def test_full_ring_is_429_then_everything_is_delivered_once_the_sink_recovers(make_gateway, tmp_path):
-    blocker = tmp_path / "blocked"
-    blocker.write_text("a regular file where the sink directory should be")
-    gw = make_gateway(RING_BYTES=str(64 * 1024), SINK=f"file://{blocker}/data", BATCH_RECORDS="50")
+    stuck = StuckSink(tmp_path)
+    gw = make_gateway(RING_BYTES=str(64 * 1024), SINK=stuck.url, BATCH_RECORDS="50")
     accepted: list[str] = []
 
     def fill(headers: dict[str, str] | None = None, tag: str = "r"):
@@ -200,10 +199,10 @@ def test_full_ring_is_429_then_everything_is_delivered_once_the_sink_recovers(ma
     ready = gw.get("/readyz")
     assert ready.status == 503 and any("sink" in r for r in ready.json()["reasons"]), ready.body
     assert gw.metrics()['ringgate_delivery_retries_total{sink="file"}'] > 0
-    blocker.unlink()  # the operator fixes the fault
+    stuck.recover()  # the operator fixes the fault
     wait_for(lambda: gw.get("/readyz").status == 200, what="readyz after recovery")
-    wait_for(lambda: len(file_sink_records(blocker / "data")) >= len(accepted), what="delivery")
-    assert_exactly_once(accepted, file_sink_records(blocker / "data"))
+    wait_for(lambda: len(stuck.records()) >= len(accepted), what="delivery")
+    assert_exactly_once(accepted, stuck.records())
 
 
 def test_ack_commit_and_batch_status(make_gateway):
@@ -224,14 +223,13 @@ def test_ack_commit_and_batch_status(make_gateway):
 
 
 def test_ack_commit_times_out_with_504_and_still_delivers(make_gateway, tmp_path):
-    blocker = tmp_path / "blocked"
-    blocker.write_text("x")
-    gw = make_gateway(SINK=f"file://{blocker}/data", ACK_TIMEOUT_MS="300")
+    stuck = StuckSink(tmp_path)
+    gw = make_gateway(SINK=stuck.url, ACK_TIMEOUT_MS="300")
     resp = gw.post(records("late", 3), path="/v1/ingest?ack=commit")
     assert resp.status == 504
     assert resp.json()["batch_id"]
-    blocker.unlink()
-    wait_for(lambda: len(file_sink_records(blocker / "data")) == 3)
+    stuck.recover()
+    wait_for(lambda: len(stuck.records()) == 3)
 
 
 def test_readyz_lists_every_ring(make_gateway):

@@ -11,7 +11,7 @@ from elasticsearch import ApiError, AuthenticationException, Elasticsearch, help
 
 from tests.fixtures.gateway import request
 from tests.integration.test_gateway import shared_gateway  # noqa: F401 - one gateway for the refusals
-from tests.sinkdata import assert_exactly_once, file_sink_records, wait_for
+from tests.sinkdata import StuckSink, assert_exactly_once, file_sink_records, wait_for
 
 NDJSON = {"Content-Type": "application/x-ndjson"}
 
@@ -195,9 +195,8 @@ def test_errors_in_elasticsearch_shape(shared_gateway, body, content_type, statu
 
 
 def test_a_full_ring_is_429_with_retry_after_and_nothing_refused_is_stored(make_gateway, tmp_path):
-    blocker = tmp_path / "blocked"
-    blocker.write_text("a regular file where the sink directory should be")
-    gw = make_gateway(RING_BYTES=str(64 * 1024), SINK=f"file://{blocker}/data", BATCH_RECORDS="50")
+    stuck = StuckSink(tmp_path)
+    gw = make_gateway(RING_BYTES=str(64 * 1024), SINK=stuck.url, BATCH_RECORDS="50")
     accepted: list[str] = []
     refused: list[str] = []
 
@@ -226,8 +225,8 @@ def test_a_full_ring_is_429_with_retry_after_and_nothing_refused_is_stored(make_
         es.bulk(operations=[{"index": {"_index": "full"}}, {"id": "client-refused"}])
     assert busy.value.meta.status == 429
     refused.append("client-refused")
-    blocker.unlink()  # the operator fixes the fault
-    wait_for(lambda: len(file_sink_records(blocker / "data")) >= len(accepted), what="delivery")
-    records = file_sink_records(blocker / "data")
+    stuck.recover()  # the operator fixes the fault
+    wait_for(lambda: len(stuck.records()) >= len(accepted), what="delivery")
+    records = stuck.records()
     assert_exactly_once(accepted, records)
     assert not {r["id"] for r in records} & set(refused)

@@ -14,7 +14,7 @@ from collections import Counter
 import pytest
 
 from tests.fixtures.gateway import request
-from tests.sinkdata import file_sink_records, wait_for
+from tests.sinkdata import StuckSink, file_sink_records, wait_for
 
 TOKEN = "CF179AE4-3C99-45F5-A7CC-3284AA91CF67"  # Splunk's example token
 SPLUNK = {"Authorization": f"Splunk {TOKEN}"}
@@ -89,9 +89,8 @@ def _ack(gw, channel: str, ids: list[int], headers=None):
 
 
 def test_channel_and_ack_round_trip_follows_the_sink(make_gateway, tmp_path):
-    blocker = tmp_path / "blocked"
-    blocker.write_text("a regular file where the sink directory should be")
-    gw = make_gateway(API_KEYS=TOKEN, SINK=f"file://{blocker}/data")
+    stuck = StuckSink(tmp_path)
+    gw = make_gateway(API_KEYS=TOKEN, SINK=stuck.url)
     channel = str(uuid.uuid4())
     ids = []
     for i in range(3):
@@ -106,10 +105,10 @@ def test_channel_and_ack_round_trip_follows_the_sink(make_gateway, tmp_path):
         answer = _ack(gw, channel, [*ids, never])
         assert answer.status == 200, answer.body
         assert answer.json() == {"acks": {str(i): False for i in [*ids, never]}}
-    blocker.unlink()  # the sink recovers: the acks turn true, as Vector's and Firehose's polls expect
+    stuck.recover()  # the sink recovers: the acks turn true, as Vector's and Firehose's polls expect
     wait_for(lambda: all(_ack(gw, channel, ids).json()["acks"].values()), what="acks true")
     assert _ack(gw, channel, [never]).json() == {"acks": {str(never): False}}
-    assert sorted(r["event"]["n"] for r in file_sink_records(blocker / "data")) == [0, 1, 2]
+    assert sorted(r["event"]["n"] for r in stuck.records()) == [0, 1, 2]
     # the channel as a query parameter, as Splunk's raw example passes it
     resp = post(gw, f"/services/collector/event?channel={channel}", b'{"event": "q"}')
     assert isinstance(resp.json()["ackId"], int)
@@ -175,9 +174,8 @@ def test_gzip_bodies_are_taken(hec):
 
 
 def test_full_ring_is_503_code_9_with_retry_after_and_nothing_refused_is_stored(make_gateway, tmp_path):
-    blocker = tmp_path / "blocked"
-    blocker.write_text("a regular file where the sink directory should be")
-    gw = make_gateway(RING_BYTES=str(64 * 1024), SINK=f"file://{blocker}/data", BATCH_RECORDS="50")
+    stuck = StuckSink(tmp_path)
+    gw = make_gateway(RING_BYTES=str(64 * 1024), SINK=stuck.url, BATCH_RECORDS="50")
     sent = Counter()
     accepted: list[str] = []
     refusals = []
@@ -202,9 +200,9 @@ def test_full_ring_is_503_code_9_with_retry_after_and_nothing_refused_is_stored(
         assert int(resp.headers["retry-after"]) >= 1
     health = request(gw.port, "GET", "/services/collector/health")
     assert health.status == 503 and health.json()["code"] == 18
-    blocker.unlink()
-    wait_for(lambda: len(file_sink_records(blocker / "data")) >= len(accepted), what="delivery")
-    got = Counter(r["event"]["id"] for r in file_sink_records(blocker / "data"))
+    stuck.recover()
+    wait_for(lambda: len(stuck.records()) >= len(accepted), what="delivery")
+    got = Counter(r["event"]["id"] for r in stuck.records())
     assert set(got) == set(accepted) and set(got.values()) == {1}  # every 200 once, nothing refused
 
 

@@ -13,7 +13,7 @@ import logging_loki
 import pytest
 from loki_logger_handler.loki_logger_handler import LokiLoggerHandler
 
-from tests.sinkdata import file_sink_records, wait_for
+from tests.sinkdata import StuckSink, file_sink_records, wait_for
 from tests.unit.test_source_loki import snappy_push
 
 PUSH = "/loki/api/v1/push"
@@ -223,9 +223,8 @@ def test_auth_refuses_without_a_key_and_accepts_bearer_and_basic(make_gateway):
 
 
 def test_full_ring_is_429_with_retry_after_and_nothing_refused_is_stored(make_gateway, tmp_path):
-    blocker = tmp_path / "blocked"
-    blocker.write_text("a regular file where the sink directory should be")
-    gw = make_gateway(RING_BYTES=str(64 * 1024), SINK=f"file://{blocker}/data", BATCH_RECORDS="50")
+    stuck = StuckSink(tmp_path)
+    gw = make_gateway(RING_BYTES=str(64 * 1024), SINK=stuck.url, BATCH_RECORDS="50")
     accepted: list[str] = []
     refused: list[str] = []
     for i in range(300):
@@ -242,10 +241,10 @@ def test_full_ring_is_429_with_retry_after_and_nothing_refused_is_stored(make_ga
         if len(refused) >= 60:
             break
     assert accepted and refused, "a 64 KiB ring never filled"
-    blocker.unlink()  # the sink recovers: everything accepted arrives, nothing refused does
-    wait_for(lambda: len(file_sink_records(blocker / "data")) >= len(accepted), what="delivery")
+    stuck.recover()  # the sink recovers: everything accepted arrives, nothing refused does
+    wait_for(lambda: len(stuck.records()) >= len(accepted), what="delivery")
     time.sleep(0.3)
-    lines = [r["line"] for r in file_sink_records(blocker / "data")]
+    lines = [r["line"] for r in stuck.records()]
     assert sorted(lines) == sorted(accepted)
 
 

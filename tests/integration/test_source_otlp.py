@@ -24,7 +24,7 @@ from opentelemetry.sdk._logs.export import (
 )
 from opentelemetry.sdk.resources import Resource
 
-from tests.sinkdata import assert_exactly_once, file_sink_records, wait_for
+from tests.sinkdata import StuckSink, assert_exactly_once, file_sink_records, wait_for
 
 TRACE_ID = 0x5B8EFFF798038103D269B633813FC60C
 SPAN_ID = 0xEEE19B7EC3C1B174
@@ -196,9 +196,8 @@ def _request(ids: list[str], body: str = "x" * 100) -> bytes:
 
 
 def test_a_full_ring_answers_429_with_retry_after_and_a_status_and_stores_nothing_refused(make_gateway, tmp_path):
-    blocker = tmp_path / "blocked"
-    blocker.write_text("a regular file where the sink directory should be")
-    gw = make_gateway(RING_BYTES=str(64 * 1024), SINK=f"file://{blocker}/data", BATCH_RECORDS="50")
+    stuck = StuckSink(tmp_path)
+    gw = make_gateway(RING_BYTES=str(64 * 1024), SINK=stuck.url, BATCH_RECORDS="50")
     accepted: list[str] = []
     refused: list[str] = []
     for n in range(200):
@@ -224,10 +223,10 @@ def test_a_full_ring_answers_429_with_retry_after_and_a_status_and_stores_nothin
     assert resp.headers["content-type"] == "application/json"
     assert resp.json()["code"] == 8 and resp.json()["message"].startswith("low_priority: ")
     refused.append("json-refused")
-    blocker.unlink()  # the operator fixes the fault
-    wait_for(lambda: len(file_sink_records(blocker / "data")) >= len(accepted), what="delivery")
+    stuck.recover()  # the operator fixes the fault
+    wait_for(lambda: len(stuck.records()) >= len(accepted), what="delivery")
     wait_for(lambda: gw.get("/readyz").status == 200, what="readyz after recovery")
-    stored = _with_ids(file_sink_records(blocker / "data"))
+    stored = _with_ids(stuck.records())
     assert_exactly_once(accepted, stored, key="_id")
     assert not {r["_id"] for r in stored} & set(refused)
     assert len(stored) == len(accepted)
@@ -236,9 +235,8 @@ def test_a_full_ring_answers_429_with_retry_after_and_a_status_and_stores_nothin
 def test_the_exporter_retries_backpressure_and_succeeds_once_the_ring_drains(make_gateway, tmp_path):
     """429 + Retry-After is what the SDK retries: its export, refused while the ring is full,
     succeeds after the sink recovers, and its record is stored once."""
-    blocker = tmp_path / "blocked"
-    blocker.write_text("x")
-    gw = make_gateway(RING_BYTES=str(64 * 1024), SINK=f"file://{blocker}/data")
+    stuck = StuckSink(tmp_path)
+    gw = make_gateway(RING_BYTES=str(64 * 1024), SINK=stuck.url)
     filled: list[str] = []
     for n in range(200):
         ids = [f"fill{n}-{i}" for i in range(10)]
@@ -252,12 +250,12 @@ def test_the_exporter_retries_backpressure_and_succeeds_once_the_ring_drains(mak
     sender = threading.Thread(target=provider.get_logger("t").emit, kwargs={"attributes": {"id": "retried"}})
     sender.start()
     wait_for(lambda: gw.metrics()['ringgate_requests_total{code="429"}'] > refused_before, what="the exporter's 429")
-    blocker.unlink()  # the sink recovers, the ring drains, the exporter's retry gets in
+    stuck.recover()  # the sink recovers, the ring drains, the exporter's retry gets in
     sender.join(60)
     provider.shutdown()
     assert [r for _, r in exporter.results] == [LogRecordExportResult.SUCCESS]
-    wait_for(lambda: len(file_sink_records(blocker / "data")) >= len(filled) + 1, what="delivery")
-    assert_exactly_once([*filled, "retried"], _with_ids(file_sink_records(blocker / "data")), key="_id")
+    wait_for(lambda: len(stuck.records()) >= len(filled) + 1, what="delivery")
+    assert_exactly_once([*filled, "retried"], _with_ids(stuck.records()), key="_id")
 
 
 BAD = [
