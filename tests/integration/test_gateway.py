@@ -16,6 +16,7 @@ import time
 
 import pytest
 
+from tests.fixtures import gateway as gateway_fixtures
 from tests.sinkdata import StuckSink, assert_exactly_once, file_sink_records, wait_for
 
 
@@ -95,21 +96,8 @@ def test_client_errors_name_what_and_where(body, headers, status, code, detail_h
 @pytest.fixture(scope="module")
 def shared_gateway(tmp_path_factory):
     """One gateway for the read-only error cases (RINGGATE_MAX_RECORD_BYTES small for the 413)."""
-    from tests.fixtures.gateway import Gateway, free_port
-
-    tmp = tmp_path_factory.mktemp("shared")
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RINGGATE_")}
-    env.update({
-        "RINGGATE_PORT": str(port), "RINGGATE_INSTANCE": f"rgshared{os.getpid()}", "RINGGATE_WORKERS": "1",
-        "RINGGATE_RING_BYTES": str(1 << 20), "RINGGATE_MAX_RECORD_BYTES": "65536",
-        "RINGGATE_MAX_BODY_BYTES": str(1 << 20), "RINGGATE_SINK": f"file://{tmp}/data",
-        "RINGGATE_DLQ": f"file://{tmp}/dlq",
-    })
-    gw = Gateway(env=env, cwd=str(tmp), port=port, instance=env["RINGGATE_INSTANCE"], log_path=str(tmp / "log"))
-    gw.start()
-    yield gw
-    assert gw.stop() == 0, gw.log()
+    yield from gateway_fixtures.shared_gateway(tmp_path_factory, "shared", MAX_RECORD_BYTES="65536",
+                                               MAX_BODY_BYTES=str(1 << 20))
 
 
 def test_oversized_declared_body_is_refused_before_reading(make_gateway):

@@ -24,6 +24,7 @@ from opentelemetry.sdk._logs.export import (
 )
 from opentelemetry.sdk.resources import Resource
 
+from tests.fixtures import gateway as gateway_fixtures
 from tests.sinkdata import StuckSink, assert_exactly_once, file_sink_records, wait_for
 
 TRACE_ID = 0x5B8EFFF798038103D269B633813FC60C
@@ -310,19 +311,4 @@ def test_empty_requests_succeed_and_a_tiny_gzip_of_many_records_is_refused_by_th
 
 @pytest.fixture(scope="module")
 def shared_otlp_gateway(tmp_path_factory):
-    import os
-
-    from tests.fixtures.gateway import Gateway, free_port
-
-    tmp = tmp_path_factory.mktemp("otlp")
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RINGGATE_")}
-    env.update({
-        "RINGGATE_PORT": str(port), "RINGGATE_INSTANCE": f"rgotlp{os.getpid()}", "RINGGATE_WORKERS": "1",
-        "RINGGATE_RING_BYTES": str(1 << 20), "RINGGATE_SINK": f"file://{tmp}/data",
-        "RINGGATE_DLQ": f"file://{tmp}/dlq",
-    })
-    gw = Gateway(env=env, cwd=str(tmp), port=port, instance=env["RINGGATE_INSTANCE"], log_path=str(tmp / "log"))
-    gw.start()
-    yield gw
-    assert gw.stop() == 0, gw.log()
+    yield from gateway_fixtures.shared_gateway(tmp_path_factory, "otlp")
