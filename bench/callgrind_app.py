@@ -9,7 +9,10 @@ POST /v1/ingest of the e2e body (every answer a 202), switches it off and prints
 instructions per request are the `summary:` of the out file divided by `requests`
 (`callgrind_annotate /tmp/cg.<pid> | head`). Set `RINGGATE_REQUEST_ID=1` to send an X-Request-ID,
 `RINGGATE_RATE_LIMIT=1000000000/s` to measure the limiter (a limit never reached). With `full`,
-the ring is filled first and never drained: every answer is a 429 (the cost of a refusal).
+the ring is filled first and never drained: every answer is a 429 (the cost of a refusal; with
+RINGGATE_REFUSAL_DELAY_MS=0, the refusal alone: the default 50 ms hold adds a timer and an event
+loop wake-up per refused request, ~93k instructions). Run the real interpreter, not pyenv's shim
+(a shell script valgrind would measure instead): /root/.pyenv/versions/3.11.7/bin/python3.11 here.
 """
 
 from __future__ import annotations

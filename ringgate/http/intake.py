@@ -103,20 +103,25 @@ async def accept(gw: Gateway, req: Request, intake: Intake, decoder: Decoder | N
             decode = decoder
         # Under overload most requests are refused: each refusal that can be made before the
         # body is read or decoded is, so a 429 costs little of the CPU the sink needs (issue 12).
+        # `admitted`: the priority the request will have has passed admission already.
         header_priority = headers.get(b"x-priority")
+        admitted = True
         if header_priority is not None:
             header_priority = parse_priority(header_priority)
             gw.admit(header_priority)
-        elif not intake.body_priority:
+        elif intake.body_priority:
+            admitted = False  # its body may name one: known once the body is read
+        else:
             gw.admit(0)  # no body can raise it
         declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit():
             gw.check_room(int(declared))
         body, held = await read_body(gw, req, gw.limits.max_body_bytes)
         try:
-            if header_priority is None and intake.body_priority:
+            if not admitted:
                 try:
                     gw.admit(0)
+                    admitted = True
                 except Refusal:
                     if encoding is _IDENTITY and not may_name_priority(body):
                         raise
@@ -129,10 +134,11 @@ async def accept(gw: Gateway, req: Request, intake: Intake, decoder: Decoder | N
             if gw.limiter is not None:  # per key name, else per address
                 gw.limiter.take(client if client is not None else req.client, records.count)
             priority = records.priority
-            if priority is None:
-                priority = header_priority or 0
-            if priority < gw.settings.priority_threshold:
-                gw.admit(priority)
+            if priority is not None:  # the body's own, not admitted yet
+                if priority < gw.settings.priority_threshold:
+                    gw.admit(priority)
+            elif not admitted:
+                gw.admit(header_priority or 0)
             stored = gw.store(records, req.received_ns)
         finally:
             gw.inflight_bytes -= held

@@ -71,7 +71,9 @@ def test_a_body_that_cannot_name_a_priority_is_refused_without_decoding_it(crowd
     429 (its 400 comes once there is room)."""
     resp = crowded.post(b'{"records": [{"a": 1}, oops]}')
     assert resp.status == 429 and resp.json()["error"] == "low_priority", resp.body
-    # a body naming its priority is decoded and taken, however the key is written
+    # a body naming its priority is decoded and that priority decides, however the key is written
+    low = crowded.post({"records": [{"id": "p2"}], "priority": 2}, headers={"X-Priority": "10"})
+    assert low.status == 429 and low.json()["error"] == "low_priority", low.body  # the body's wins
     assert crowded.post({"records": [{"id": "p9"}], "priority": 9}).status == 202
     escaped = b'{"records": [{"id": "p9e"}], "\\u0070riority": 9}'
     resp = crowded.post(escaped)
